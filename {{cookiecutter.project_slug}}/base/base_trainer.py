@@ -1,0 +1,200 @@
+"""BaseTrainer: the epoch loop, monitoring, early stopping, checkpoint save and resume."""
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from logger import MetricsCSV, TensorboardWriter, add_file_handler, remove_handler
+from parse_config import ConfigParser
+from utils.checkpoint import FORMAT_VERSION, CheckpointSaver, load_weights, unwrap_model
+from utils.errors import InputError
+from utils.seed import rng_state, set_rng_state
+
+logger = logging.getLogger("trainer")
+
+
+class BaseTrainer(ABC):
+    """Runs epochs `start_epoch..epochs`; after each one logs the metrics, writes metrics.csv
+    and TensorBoard, updates the monitored best value and early-stop count, and saves
+    checkpoints. Subclasses write `_train_epoch`, which returns the epoch's metrics."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: Callable[..., torch.Tensor],
+        metric_fns: list[Callable[..., torch.Tensor]],
+        optimizer: torch.optim.Optimizer,
+        config: ConfigParser,
+        device: torch.device,
+        device_ids: list[int],
+        lr_scheduler: Any = None,
+    ) -> None:
+        self.config = config
+        options = config["trainer"]
+        self.device = device
+        self.model = nn.DataParallel(model, device_ids=device_ids) if len(device_ids) > 1 else model
+        self.criterion = criterion
+        self.metric_fns = metric_fns
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.epochs: int = options["epochs"]
+        self.early_stop: int = options["early_stop"]
+        self.clip_grad_norm: float | None = options["clip_grad_norm"]
+
+        self.precision: str = options["precision"]
+        if self.precision == "fp16" and device.type != "cuda":
+            raise InputError("config: 'trainer.precision' is 'fp16', which needs a CUDA GPU; use 'bf16' or 'fp32'")
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+
+        self.monitor_mode, self.monitor_metric = ("off", "")
+        if options["monitor"] != "off":
+            self.monitor_mode, self.monitor_metric = options["monitor"].split()
+        if isinstance(lr_scheduler, ReduceLROnPlateau) and self.monitor_mode == "off":
+            raise InputError("config: 'lr_scheduler.type' ReduceLROnPlateau steps on the monitored metric; "
+                             "set 'trainer.monitor', e.g. 'min val_loss'")
+        self.monitor_best = math.inf if self.monitor_mode == "min" else -math.inf
+        self.not_improved_count = 0
+        self.start_epoch = 1
+        self.global_step = 0
+
+    def check_monitor(self, logged_keys: list[str]) -> None:
+        """Refuse a monitored metric that the trainer will never log."""
+        if self.monitor_mode != "off" and self.monitor_metric not in logged_keys:
+            raise InputError(
+                f"config: 'trainer.monitor' watches '{self.monitor_metric}', which is not logged; "
+                f"choose one of {', '.join(logged_keys)}"
+            )
+
+    def autocast(self) -> AbstractContextManager:
+        """The mixed-precision context of `trainer.precision` (a no-op for fp32)."""
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backward pass, optional gradient clipping (after unscaling), optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.global_step += 1
+
+    @abstractmethod
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train (and validate) one epoch; return its metrics (`loss`, ..., `val_loss`, ...)."""
+
+    def train(self) -> dict[str, float]:
+        """Train to the last epoch (or early stop) and return the metrics of the last epoch."""
+        run_dir = self.config.make_run_dir()
+        file_handler = add_file_handler(run_dir / "train.log", self.config["trainer"]["verbosity"])
+        csv = MetricsCSV(run_dir / "metrics.csv", start_epoch=self.start_epoch)
+        writer = TensorboardWriter(run_dir, enabled=self.config["trainer"]["tensorboard"])
+        saver = CheckpointSaver(run_dir, self.config["trainer"]["save_period"])
+        if self.start_epoch > 1:
+            logger.info("Resuming from '%s' at epoch %d in %s", self.config.resume_path, self.start_epoch, run_dir)
+        else:
+            logger.info("Run directory: %s", run_dir)
+        log: dict[str, float] = {}
+        try:
+            for epoch in range(self.start_epoch, self.epochs + 1):
+                lr = self.optimizer.param_groups[0]["lr"]
+                log = {"epoch": epoch, **self._train_epoch(epoch), "lr": lr}
+                self._step_scheduler(log)
+                summary = "  ".join(f"{key} {value:.6g}" for key, value in log.items() if key != "epoch")
+                logger.info("epoch %d: %s", epoch, summary)
+                csv.write(log)
+                writer.write_epoch(epoch, log)
+                is_best = self._update_monitor(log)
+                saver.save(self.state(epoch), epoch, is_best)
+                if self.early_stop and self.not_improved_count >= self.early_stop:
+                    logger.info("%s did not improve for %d epochs: stopping early.",
+                                self.monitor_metric, self.early_stop)
+                    break
+        finally:
+            writer.close()
+            remove_handler(file_handler)
+        return log
+
+    def _step_scheduler(self, log: dict[str, float]) -> None:
+        if isinstance(self.lr_scheduler, ReduceLROnPlateau):
+            self.lr_scheduler.step(log[self.monitor_metric])
+        elif self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+
+    def _update_monitor(self, log: dict[str, float]) -> bool:
+        """Whether this epoch improved the monitored metric; counts epochs without improvement."""
+        if self.monitor_mode == "off":
+            return False
+        value = log[self.monitor_metric]
+        improved = value < self.monitor_best if self.monitor_mode == "min" else value > self.monitor_best
+        if improved:
+            self.monitor_best = value
+            self.not_improved_count = 0
+        else:
+            self.not_improved_count += 1
+        return improved
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        """Everything the next epoch depends on, as plain data (loads with weights_only=True)."""
+        generator = getattr(getattr(self, "data_loader", None), "generator", None)
+        return {
+            "format_version": FORMAT_VERSION,
+            "arch": type(unwrap_model(self.model)).__name__,
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "state_dict": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "monitor_best": self.monitor_best,
+            "not_improved_count": self.not_improved_count,
+            "rng": rng_state(),
+            "data_loader_generator": generator.get_state() if generator is not None else None,
+            "config": self.config.config,
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Load a checkpoint: weights only when fine-tuning (`-c` with `-r`), else everything,
+        so that training continues from the epoch after the one saved."""
+        path = self.config.resume_path
+        load_weights(self.model, checkpoint, self.config["arch"]["type"], path)
+        if self.config.fine_tune:
+            logger.info("Fine-tuning from the weights of '%s'", path)
+            return
+        saved_optimizer = checkpoint["config"]["optimizer"]["type"]
+        if saved_optimizer != self.config["optimizer"]["type"]:
+            raise InputError(
+                f"checkpoint '{path}': saved with optimizer '{saved_optimizer}', the config asks for "
+                f"'{self.config['optimizer']['type']}'; resume with the same optimizer, or fine-tune with -c and -r"
+            )
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None:
+            self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler") is not None:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.global_step = checkpoint.get("global_step", 0)
+        self.monitor_best = checkpoint.get("monitor_best", self.monitor_best)
+        self.not_improved_count = checkpoint.get("not_improved_count", 0)
+        generator = getattr(getattr(self, "data_loader", None), "generator", None)
+        if generator is not None and checkpoint.get("data_loader_generator") is not None:
+            generator.set_state(checkpoint["data_loader_generator"])
+        if "rng" in checkpoint:
+            set_rng_state(checkpoint["rng"])

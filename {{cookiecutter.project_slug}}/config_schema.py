@@ -1,0 +1,169 @@
+"""The one schema of config.json: every key, its type, range, default and meaning.
+
+Validation, command-line overrides and the config reference in README.md all read this
+table, so they cannot disagree. To add a key for your own code, add one `Key` entry below
+(under `trainer` for training options) and read it with `config["trainer"]["your_key"]`.
+"""
+
+import difflib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from utils.errors import InputError
+
+REQUIRED = object()  # marks a key that has no default
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key. `check` returns an error text (what is expected) or None."""
+
+    types: tuple[type, ...]
+    doc: str
+    default: Any = REQUIRED
+    check: Callable[[Any], str | None] | None = None
+    children: dict[str, "Key"] | None = field(default=None)
+
+
+def _at_least(minimum: float) -> Callable[[Any], str | None]:
+    return lambda value: None if value >= minimum else f"must be >= {minimum}"
+
+
+def _one_of(*choices: Any) -> Callable[[Any], str | None]:
+    return lambda value: None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
+
+
+def _check_monitor(value: str) -> str | None:
+    parts = value.split()
+    if parts == ["off"] or (len(parts) == 2 and parts[0] in ("min", "max")):
+        return None
+    return "must be 'off' or '<min|max> <metric>', e.g. 'min val_loss'"
+
+
+def _check_names(value: list) -> str | None:
+    return None if all(isinstance(item, str) for item in value) else "must be a list of names (strings)"
+
+
+def _object(doc: str, default: Any = REQUIRED) -> Key:
+    """A `{"type": ..., "args": {...}}` block that names a class and its keyword arguments."""
+    return Key(
+        (dict,),
+        doc,
+        default,
+        children={
+            "type": Key((str,), "name of the class"),
+            "args": Key((dict,), "keyword arguments for the class", default={}),
+        },
+    )
+
+
+SCHEMA: dict[str, Key] = {
+    "name": Key((str,), "run name: runs are saved under `<save_dir>/<name>/<run_id>/`"),
+    "n_gpu": Key(
+        (int,), "GPUs to use; 0 trains on the CPU, more than exist warns and uses what exists",
+        default=1, check=_at_least(0),
+    ),
+    "arch": _object("model class in `model/model.py` and its arguments"),
+    "data_loader": _object("data loader class in `data_loader/` and its arguments"),
+    "optimizer": _object("optimizer class in `torch.optim` and its arguments (the model's parameters come first)"),
+    "loss": Key((str,), "loss function name in `model/loss.py`"),
+    "metrics": Key(
+        (list,), "metric function names in `model/metric.py`, logged for training and validation",
+        default=[], check=_check_names,
+    ),
+    "lr_scheduler": Key(
+        (dict, type(None)), "scheduler class in `torch.optim.lr_scheduler` and its arguments, stepped once "
+        "per epoch; null for none", default=None,
+        children=_object("").children,
+    ),
+    "trainer": Key((dict,), "training loop options", children={
+        "epochs": Key((int,), "number of epochs to train", check=_at_least(1)),
+        "save_dir": Key((str,), "root folder of all runs", default="saved/"),
+        "save_period": Key((int,), "write `checkpoint-epoch<N>.pth` every this many epochs", default=1,
+                           check=_at_least(1)),
+        "verbosity": Key((int,), "0: warnings only, 1: info, 2: debug", default=2, check=_one_of(0, 1, 2)),
+        "monitor": Key((str,), "`off`, or `min <metric>` / `max <metric>` (e.g. `min val_loss`): "
+                       "decides `model_best.pth` and early stopping",
+                       default="off", check=_check_monitor),
+        "early_stop": Key((int,), "stop after this many epochs without improvement of the monitored "
+                          "metric; 0 never stops early", default=0, check=_at_least(0)),
+        "tensorboard": Key((bool,), "write TensorBoard scalars into the run directory", default=True),
+        "seed": Key((int, type(None)), "seed of every random number generator; null for an unseeded run",
+                    default=123),
+        "precision": Key((str,), "'fp32', 'bf16' (autocast on CPU and CUDA) or 'fp16' (CUDA only, "
+                         "with a gradient scaler)", default="fp32", check=_one_of("fp32", "bf16", "fp16")),
+        "clip_grad_norm": Key((int, float, type(None)), "clip the gradient norm to this value; null for no "
+                              "clipping", default=None, check=lambda v: None if v is None or v > 0 else "must be > 0"),
+    }),
+}
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "an object", type(None): "null"}
+
+
+def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # JSON true/false must not pass for a number
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def _validate(config: dict[str, Any], schema: dict[str, Key], prefix: str) -> dict[str, Any]:
+    for name in config:
+        if name not in schema:
+            hint = difflib.get_close_matches(name, list(schema), n=1)
+            suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else f"; valid keys: {', '.join(schema)}"
+            raise InputError(f"config: unknown key '{prefix}{name}'{suggestion}")
+    resolved: dict[str, Any] = {}
+    for name, key in schema.items():
+        path = prefix + name
+        if name not in config:
+            if key.default is REQUIRED:
+                raise InputError(f"config: missing required key '{path}' ({key.doc})")
+            resolved[name] = _copy(key.default)
+            continue
+        value = config[name]
+        if not _type_ok(value, key.types):
+            expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in key.types)
+            raise InputError(f"config: '{path}' must be {expected}, got {value!r}")
+        problem = key.check(value) if key.check and value is not None else None
+        if problem:
+            raise InputError(f"config: '{path}' {problem}, got {value!r}")
+        if key.children is not None and isinstance(value, dict):
+            value = _validate(value, key.children, path + ".")
+        resolved[name] = value
+    return resolved
+
+
+def _copy(value: Any) -> Any:
+    return {k: _copy(v) for k, v in value.items()} if isinstance(value, dict) else (
+        list(value) if isinstance(value, list) else value)
+
+
+def validate(config: Any) -> dict[str, Any]:
+    """Return the config with defaults filled in, or raise InputError naming the first bad key."""
+    if not isinstance(config, dict):
+        raise InputError(f"config: must be a JSON object, got {type(config).__name__}")
+    return _validate(config, SCHEMA, "")
+
+
+def reference_table() -> str:
+    """The Markdown table of every key, as README.md shows it."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+
+    def walk(schema: dict[str, Key], prefix: str) -> None:
+        for name, key in schema.items():
+            shown = [t for t in key.types if not (t is int and float in key.types)]  # "a number" covers int
+            types = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in shown)
+            doc = key.doc.replace("|", "\\|")  # a bare | would end the table cell
+            default = "required" if key.default is REQUIRED else f"`{json.dumps(key.default)}`"
+            rows.append(f"| `{prefix}{name}` | {types} | {default} | {doc} |")
+            if key.children:
+                walk(key.children, f"{prefix}{name}.")
+
+    walk(SCHEMA, "")
+    return "\n".join(rows)
+

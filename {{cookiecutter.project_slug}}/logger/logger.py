@@ -1,0 +1,50 @@
+"""Logging setup: the console for everyone, plus `train.log` in the run directory."""
+
+import logging
+import sys
+from pathlib import Path
+
+LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+# Modules and packages of this project (folders and .py files beside train.py): their records
+# pass at every verbosity; other libraries' records pass from WARNING up, so that verbosity 2
+# shows our debug lines without theirs.
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_OWN_NAMES = {"__main__"} | {p.stem for p in _PROJECT_ROOT.iterdir() if p.suffix == ".py" or p.is_dir()}
+
+
+def _is_own_or_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] in _OWN_NAMES
+_CONSOLE_FORMAT = "%(message)s"
+_FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(verbosity: int = 2) -> None:
+    """Send log records of the given verbosity (0, 1, 2) to stdout; idempotent."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_project_console", False):
+            root.removeHandler(handler)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter(_CONSOLE_FORMAT))
+    console.setLevel(LEVELS[verbosity])
+    console.addFilter(_is_own_or_warning)
+    console._project_console = True  # type: ignore[attr-defined]
+    root.addHandler(console)
+    # The root passes everything; each handler keeps its own level (train.log always has INFO).
+    root.setLevel(logging.DEBUG)
+
+
+def add_file_handler(path: Path, verbosity: int = 2) -> logging.Handler:
+    """Also append records to `path` (INFO and up, DEBUG too at verbosity 2); call
+    `remove_handler` with the result when done."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(min(logging.INFO, LEVELS[verbosity]))
+    handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+    handler.addFilter(_is_own_or_warning)
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def remove_handler(handler: logging.Handler) -> None:
+    logging.getLogger().removeHandler(handler)
+    handler.close()

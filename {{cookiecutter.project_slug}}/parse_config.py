@@ -1,0 +1,193 @@
+"""ConfigParser: read config.json, validate it, apply command-line overrides, build objects."""
+
+import argparse
+import inspect
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn
+
+from config_schema import validate
+from utils.checkpoint import load_checkpoint
+from utils.errors import InputError
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a missing file or bad JSON is an InputError naming the file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"config '{path}': cannot read it ({exc.strerror or exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"config '{path}': invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def apply_override(config: dict[str, Any], override: str) -> None:
+    """Set one dotted key from `KEY=VALUE`, e.g. `trainer.epochs=5` or `optimizer.args.lr=0.01`.
+
+    VALUE is read as JSON (numbers, true/false, null, lists, objects) and as a plain string
+    otherwise. The result is validated with the rest of the config afterwards.
+    """
+    path, sep, text = override.partition("=")
+    keys = path.strip().split(".")
+    if not sep or not all(keys):
+        raise InputError(f"override '{override}': expected KEY=VALUE, e.g. trainer.epochs=5")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    node = config
+    for depth, key in enumerate(keys[:-1]):
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            parent = ".".join(keys[: depth + 1])
+            raise InputError(f"override '{override}': '{parent}' is not an object, cannot set '{path}'")
+    node[keys[-1]] = value
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def command_line_parser(description: str) -> CommandLineParser:
+    """The parser with the options shared by train.py and test.py."""
+    parser = CommandLineParser(description=description)
+    parser.add_argument("-c", "--config", help="config file (JSON)")
+    parser.add_argument("-r", "--resume", help="checkpoint to resume from (train) or evaluate (test)")
+    parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="set any config key, e.g. -o trainer.epochs=5 -o optimizer.args.lr=3e-4 (repeatable)",
+    )
+    return parser
+
+
+class ConfigParser:
+    """The validated config of one run, plus factories that build objects from its
+    `{"type": ..., "args": ...}` blocks. Creating one touches no file: the run directory
+    is made by `make_run_dir`, which only training calls."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        checkpoint: dict[str, Any] | None = None,
+        resume_path: Path | None = None,
+        fine_tune: bool = False,
+        run_id: str | None = None,
+    ) -> None:
+        self.config = validate(config)
+        self.checkpoint = checkpoint
+        self.resume_path = resume_path
+        self.fine_tune = fine_tune  # -c with -r: start a new run from the checkpoint's weights
+        self.run_id = run_id
+        self.run_dir: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, shortcuts: dict[str, str] | None = None) -> "ConfigParser":
+        """Build from parsed CLI arguments. `shortcuts` maps an attribute of `args`
+        (e.g. `lr`) to the dotted config key it sets (e.g. `optimizer.args.lr`)."""
+        if args.device is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = args.device
+        checkpoint = None
+        resume_path = Path(args.resume) if args.resume else None
+        if resume_path is not None:
+            checkpoint = load_checkpoint(resume_path)
+        if args.config:
+            config = read_json(Path(args.config))
+        elif checkpoint is not None:
+            config = checkpoint["config"]
+        else:
+            raise InputError("no config: give a config file with -c or a checkpoint with -r")
+        if not isinstance(config, dict):
+            raise InputError(f"config '{args.config}': must be a JSON object")
+        overrides = list(args.override)
+        for attribute, key in (shortcuts or {}).items():
+            value = getattr(args, attribute, None)
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        for override in overrides:
+            apply_override(config, override)
+        return cls(
+            config,
+            checkpoint=checkpoint,
+            resume_path=resume_path,
+            fine_tune=bool(args.config and resume_path),
+            run_id=getattr(args, "run_id", None),
+        )
+
+    def __getitem__(self, name: str) -> Any:
+        return self.config[name]
+
+    @property
+    def resuming(self) -> bool:
+        """True when training continues a run (as opposed to starting or fine-tuning one)."""
+        return self.checkpoint is not None and not self.fine_tune
+
+    def make_run_dir(self) -> Path:
+        """Create (or, when resuming, reuse) the run directory and save the resolved config in it."""
+        if self.resuming:
+            assert self.resume_path is not None
+            run_dir = self.resume_path.resolve().parent
+        else:
+            base = Path(self.config["trainer"]["save_dir"]) / self.config["name"]
+            run_id = self.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
+            run_dir = base / run_id
+            if self.run_id and run_dir.exists():
+                raise InputError(f"run directory '{run_dir}' already exists; choose another --run-id")
+            suffix = 1
+            while run_dir.exists():  # two runs started in the same second
+                run_dir = base / f"{run_id}-{suffix}"
+                suffix += 1
+        try:
+            run_dir.mkdir(parents=True, exist_ok=self.resuming)
+        except OSError as exc:
+            raise InputError(f"run directory '{run_dir}': cannot create it ({exc.strerror or exc})") from None
+        (run_dir / "config.json").write_text(json.dumps(self.config, indent=4) + "\n")
+        self.run_dir = run_dir
+        return run_dir
+
+    def init_obj(self, name: str, module: ModuleType, base: type | tuple[type, ...], *args: Any, **kwargs: Any) -> Any:
+        """Build the object that config block `name` describes, looking its class up in
+        `module` only (a subclass of `base`), with the block's `args` plus `kwargs`."""
+        block = self.config[name]
+        cls = lookup(module, block["type"], f"{name}.type", base)
+        arguments = {**block["args"], **kwargs}
+        try:
+            inspect.signature(cls).bind(*args, **arguments)
+        except TypeError as exc:
+            raise InputError(f"config: '{name}.args' do not fit {block['type']}: {exc}") from None
+        except ValueError:  # no inspectable signature: let the call itself check
+            pass
+        return cls(*args, **arguments)
+
+    def init_ftn(self, name: str, module: ModuleType) -> Any:
+        """The function named by config key `name` (a string, or each string of a list)."""
+        value = self.config[name]
+        if isinstance(value, list):
+            return [lookup(module, item, f"{name}[{i}]") for i, item in enumerate(value)]
+        return lookup(module, value, name)
+
+
+def lookup(module: ModuleType, name: str, key: str, base: type | tuple[type, ...] | None = None) -> Any:
+    """Public attribute `name` of `module` that is a concrete subclass of `base` (or, without
+    `base`, a function). Nothing is imported or evaluated: an unknown name lists the valid ones."""
+    bases = base if isinstance(base, tuple) else (base,)
+
+    def fits(value: Any) -> bool:
+        if base is None:
+            return inspect.isroutine(value)
+        return (inspect.isclass(value) and issubclass(value, base)
+                and value not in bases and not inspect.isabstract(value))
+
+    value = getattr(module, name, None) if not name.startswith("_") else None
+    if value is None or not fits(value):
+        valid = sorted(n for n in dir(module) if not n.startswith("_") and fits(getattr(module, n)))
+        raise InputError(f"config: '{key}' is '{name}', not one of {module.__name__}: {', '.join(valid)}")
+    return value

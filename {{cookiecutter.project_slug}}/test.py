@@ -1,0 +1,65 @@
+"""Evaluate a checkpoint on the test split: python test.py -r CHECKPOINT [-c config.json]"""
+
+import logging
+import sys
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import data_loader as module_data
+import model.loss as module_loss
+import model.metric as module_metric
+import model.model as module_arch
+from logger import setup_logging
+from parse_config import ConfigParser, command_line_parser
+from utils import InputError, MetricTracker, prepare_device
+from utils.checkpoint import load_weights
+
+logger = logging.getLogger("test")
+
+
+@torch.no_grad()
+def evaluate(config: ConfigParser) -> dict[str, float]:
+    """Loss and every metric of the checkpoint's model on the test split (sample-weighted
+    averages). Writes nothing: no run directory is created."""
+    if config.checkpoint is None:
+        raise InputError("no checkpoint: give the checkpoint to evaluate with -r")
+    setup_logging(config["trainer"]["verbosity"])
+    device, _ = prepare_device(config["n_gpu"])
+    data_loader = config.init_obj(
+        "data_loader", module_data, DataLoader, shuffle=False, validation_split=0.0, training=False
+    )
+    model = config.init_obj("arch", module_arch, torch.nn.Module)
+    load_weights(model, config.checkpoint, config["arch"]["type"], config.resume_path)
+    model.to(device).eval()
+    criterion = config.init_ftn("loss", module_loss)
+    metric_fns = config.init_ftn("metrics", module_metric)
+
+    tracker = MetricTracker("loss", *(fn.__name__ for fn in metric_fns))
+    show_progress = config["trainer"]["verbosity"] >= 1
+    for data, target in tqdm(data_loader, desc="test", leave=False, disable=not show_progress):
+        data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        output = model(data)
+        n = target.size(0)
+        tracker.update("loss", criterion(output, target), n)
+        for fn in metric_fns:
+            tracker.update(fn.__name__, fn(output, target), n)
+    return tracker.result()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_line_parser("Evaluate a checkpoint on the test split.")
+    args = parser.parse_args(argv)
+    try:
+        results = evaluate(ConfigParser.from_args(args))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for key, value in results.items():
+        print(f"{key}: {value:.6f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

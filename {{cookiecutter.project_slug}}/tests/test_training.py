@@ -1,0 +1,136 @@
+"""Training end to end on synthetic data: learning, the run directory, resume, evaluation."""
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import model.loss as module_loss
+from model.model import MnistModel
+from parse_config import ConfigParser, apply_override
+from test import evaluate
+from train import train
+
+ConfigFactory = Callable[..., dict[str, Any]]
+
+
+def run(config: dict[str, Any], run_id: str = "run", **kwargs: Any) -> dict[str, float]:
+    return train(ConfigParser(config, run_id=run_id, **kwargs))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    model = MnistModel()
+    model.eval()  # no dropout: the loss depends on the weights alone
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    data, target = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    with torch.no_grad():
+        before = module_loss.nll_loss(model(data), target).item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        module_loss.nll_loss(model(data), target).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = module_loss.nll_loss(model(data), target).item()
+    assert after < before * 0.5
+
+
+def test_train_fills_the_run_directory(make_config: ConfigFactory, tmp_path: Path) -> None:
+    config = make_config(trainer__epochs=3, trainer__save_period=2)
+    result = run(config)
+    run_dir = tmp_path / "saved" / "Mnist_LeNet" / "run"
+    names = {path.name for path in run_dir.iterdir() if not path.name.startswith("events.out.tfevents")}
+    assert names == {"config.json", "train.log", "metrics.csv", "checkpoint-epoch2.pth", "model_best.pth", "latest.pth"}
+    assert any(path.name.startswith("events.out.tfevents") for path in run_dir.iterdir())
+    rows = read_metrics(run_dir)
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert list(rows[0]) == ["epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy",
+                             "val_top_k_acc", "lr"]
+    assert float(rows[-1]["val_accuracy"]) == result["val_accuracy"]
+    assert result["val_accuracy"] >= 0.9  # the synthetic classes are easy
+    checkpoint = torch.load(run_dir / "latest.pth", weights_only=True)
+    assert checkpoint["epoch"] == 3 and checkpoint["arch"] == "MnistModel"
+    assert checkpoint["config"] == json.loads((run_dir / "config.json").read_text())
+    assert "Run directory" in (run_dir / "train.log").read_text()
+
+
+def test_resume_continues_at_the_next_epoch_and_matches_a_straight_run(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    run(make_config(trainer__epochs=3), run_id="straight")
+    straight = tmp_path / "saved" / "Mnist_LeNet" / "straight"
+    run(make_config(trainer__epochs=2), run_id="resumed")
+    resumed = tmp_path / "saved" / "Mnist_LeNet" / "resumed"
+    checkpoint = torch.load(resumed / "checkpoint-epoch2.pth", weights_only=True)
+    config = dict(checkpoint["config"], trainer=dict(checkpoint["config"]["trainer"], epochs=3))
+    run(config, checkpoint=checkpoint, resume_path=resumed / "checkpoint-epoch2.pth")
+
+    assert [row["epoch"] for row in read_metrics(resumed)] == ["1", "2", "3"]
+    assert "Resuming from" in (resumed / "train.log").read_text()
+    expected, actual = weights(straight / "latest.pth"), weights(resumed / "latest.pth")
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    assert read_metrics(resumed) == read_metrics(straight)
+
+
+def test_fine_tuning_starts_a_new_run_from_the_weights(make_config: ConfigFactory, tmp_path: Path) -> None:
+    run(make_config(trainer__epochs=1), run_id="base")
+    base = tmp_path / "saved" / "Mnist_LeNet" / "base"
+    checkpoint = torch.load(base / "latest.pth", weights_only=True)
+    run(make_config(trainer__epochs=1), run_id="tuned", checkpoint=checkpoint,
+        resume_path=base / "latest.pth", fine_tune=True)
+    tuned = tmp_path / "saved" / "Mnist_LeNet" / "tuned"
+    assert [row["epoch"] for row in read_metrics(tuned)] == ["1"]
+    assert len(read_metrics(base)) == 1
+
+
+def test_evaluate_reports_metrics_and_writes_nothing(make_config: ConfigFactory, tmp_path: Path) -> None:
+    run(make_config())
+    run_dir = tmp_path / "saved" / "Mnist_LeNet" / "run"
+    before = sorted(tmp_path.rglob("*"))
+    checkpoint = torch.load(run_dir / "model_best.pth", weights_only=True)
+    config = ConfigParser(checkpoint["config"], checkpoint=checkpoint, resume_path=run_dir / "model_best.pth")
+    results = evaluate(config)
+    assert set(results) == {"loss", "accuracy", "top_k_acc"}
+    assert results["accuracy"] >= 0.9
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_early_stop_ends_training_when_the_monitor_stops_improving(make_config: ConfigFactory) -> None:
+    # 'max loss' cannot keep improving while training lowers the loss: it stops after 1 + 2 epochs
+    result = run(make_config(trainer__epochs=10, trainer__monitor="max loss", trainer__early_stop=2))
+    assert result["epoch"] == 3
+
+
+def test_a_victoresque_config_runs_unchanged_apart_from_paths(
+    make_config: ConfigFactory, mnist_dir: Path, tmp_path: Path
+) -> None:
+    config = {
+        "name": "Mnist_LeNet",
+        "n_gpu": 1,
+        "arch": {"type": "MnistModel", "args": {}},
+        "data_loader": {"type": "MnistDataLoader", "args": {
+            "data_dir": str(mnist_dir), "batch_size": 128, "shuffle": True, "validation_split": 0.1,
+            "num_workers": 2}},
+        "optimizer": {"type": "Adam", "args": {"lr": 0.001, "weight_decay": 0, "amsgrad": True}},
+        "loss": "nll_loss",
+        "metrics": ["accuracy", "top_k_acc"],
+        "lr_scheduler": {"type": "StepLR", "args": {"step_size": 50, "gamma": 0.1}},
+        "trainer": {"epochs": 1, "save_dir": str(tmp_path / "saved"), "save_period": 1, "verbosity": 2,
+                    "monitor": "min val_loss", "early_stop": 10, "tensorboard": True},
+    }
+    apply_override(config, "trainer.epochs=1")  # as `-o trainer.epochs=1` would, to keep the test short
+    result = run(config)
+    assert result["epoch"] == 1
+    assert (tmp_path / "saved" / "Mnist_LeNet" / "run" / "checkpoint-epoch1.pth").is_file()

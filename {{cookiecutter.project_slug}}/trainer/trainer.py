@@ -1,0 +1,95 @@
+"""Trainer: what one training epoch and one validation epoch do."""
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from base import BaseTrainer
+from parse_config import ConfigParser
+from utils.tracker import MetricTracker
+
+# The progress bar shows the running loss; reading it synchronises with the device, so it is
+# refreshed every this many batches rather than every batch.
+BAR_REFRESH_BATCHES = 20
+
+
+class Trainer(BaseTrainer):
+    """Trains on `data_loader` and, when given, evaluates on `valid_data_loader` every epoch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: Callable[..., torch.Tensor],
+        metric_fns: list[Callable[..., torch.Tensor]],
+        optimizer: torch.optim.Optimizer,
+        config: ConfigParser,
+        device: torch.device,
+        device_ids: list[int],
+        data_loader: DataLoader,
+        valid_data_loader: DataLoader | None = None,
+        lr_scheduler: Any = None,
+    ) -> None:
+        super().__init__(model, criterion, metric_fns, optimizer, config, device, device_ids, lr_scheduler)
+        self.data_loader = data_loader
+        self.valid_data_loader = valid_data_loader
+        self.show_progress = config["trainer"]["verbosity"] >= 1
+        names = ["loss", *(fn.__name__ for fn in metric_fns)]
+        self.train_metrics = MetricTracker(*names)
+        self.valid_metrics = MetricTracker(*names)
+        logged = names + ([f"val_{name}" for name in names] if valid_data_loader is not None else []) + ["lr"]
+        self.check_monitor(logged)
+        if config.checkpoint is not None:
+            self.restore(config.checkpoint)
+
+    def _to_device(self, data: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return data.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+
+    def _progress(self, loader: DataLoader, description: str) -> tqdm:
+        return tqdm(loader, desc=description, leave=False, disable=not self.show_progress,
+                    dynamic_ncols=True, mininterval=0.5)
+
+    def _update(self, tracker: MetricTracker, loss: torch.Tensor, output: torch.Tensor,
+                target: torch.Tensor) -> None:
+        n = target.size(0)
+        tracker.update("loss", loss, n)
+        with torch.no_grad():
+            for fn in self.metric_fns:
+                tracker.update(fn.__name__, fn(output, target), n)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self.train_metrics.reset()
+        bar = self._progress(self.data_loader, f"epoch {epoch}/{self.epochs} train")
+        for batch_idx, (data, target) in enumerate(bar):
+            data, target = self._to_device(data, target)
+            with self.autocast():
+                output = self.model(data)  # (B, num_classes) log-probabilities
+                loss = self.criterion(output, target)
+            self.backward_and_step(loss)
+            self._update(self.train_metrics, loss, output, target)
+            if self.show_progress and batch_idx % BAR_REFRESH_BATCHES == 0:
+                bar.set_postfix(loss=f"{self.train_metrics.average('loss'):.4f}", refresh=False)
+        bar.close()
+        log = self.train_metrics.result()
+        if self.valid_data_loader is not None:
+            log.update({f"val_{key}": value for key, value in self._valid_epoch(epoch).items()})
+        return log
+
+    @torch.no_grad()
+    def _valid_epoch(self, epoch: int) -> dict[str, float]:
+        assert self.valid_data_loader is not None
+        self.model.eval()
+        self.valid_metrics.reset()
+        bar = self._progress(self.valid_data_loader, f"epoch {epoch}/{self.epochs} valid")
+        for data, target in bar:
+            data, target = self._to_device(data, target)
+            with self.autocast():
+                output = self.model(data)
+                loss = self.criterion(output, target)
+            self._update(self.valid_metrics, loss, output, target)
+        bar.close()
+        return self.valid_metrics.result()

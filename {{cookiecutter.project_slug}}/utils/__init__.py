@@ -1,0 +1,17 @@
+from utils.checkpoint import CheckpointSaver, load_checkpoint, unwrap_model
+from utils.device import prepare_device
+from utils.errors import InputError
+from utils.seed import rng_state, seed_everything, set_rng_state
+from utils.tracker import MetricTracker
+
+__all__ = [
+    "CheckpointSaver",
+    "InputError",
+    "MetricTracker",
+    "load_checkpoint",
+    "prepare_device",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+    "unwrap_model",
+]

@@ -1,0 +1,107 @@
+"""The one owner of checkpoint files: what goes in them, how they are written and read back."""
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.errors import InputError
+
+# Bump when the layout of the dict changes; a checkpoint newer than this is refused.
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "arch", "epoch", "state_dict", "config")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under DataParallel, DistributedDataParallel and torch.compile wrappers,
+    so that saved state_dict keys carry no `module.` or `_orig_mod.` prefix."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _write_atomic(data: bytes, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`: a reader (or a
+    crash) sees the old file or the new one, never half of one."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class CheckpointSaver:
+    """Writes `checkpoint-epoch<N>.pth` every `save_period` epochs, `model_best.pth` whenever
+    the monitored metric improved and `latest.pth` after every epoch."""
+
+    def __init__(self, run_dir: Path, save_period: int) -> None:
+        self.run_dir = run_dir
+        self.save_period = save_period
+
+    def save(self, state: dict[str, Any], epoch: int, is_best: bool) -> list[Path]:
+        """Serialise `state` once and write it to every file due this epoch; returns those paths."""
+        names = ["latest.pth"]
+        if epoch % self.save_period == 0:
+            names.append(f"checkpoint-epoch{epoch}.pth")
+        if is_best:
+            names.append("model_best.pth")
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+        paths = [self.run_dir / name for name in names]
+        for path in paths:
+            _write_atomic(data, path)
+        return paths
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint; any problem with the file is an InputError naming it."""
+    if not path.is_file():
+        raise InputError(f"checkpoint '{path}': no such file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"checkpoint '{path}': not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
+        raise InputError(f"checkpoint '{path}': not a checkpoint of this project (no format_version)")
+    version = checkpoint["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(
+            f"checkpoint '{path}': format_version {version!r} is newer than this code reads "
+            f"({FORMAT_VERSION}); update the project"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise InputError(f"checkpoint '{path}': missing {', '.join(missing)}")
+    return checkpoint
+
+
+def load_weights(model: nn.Module, checkpoint: dict[str, Any], arch: str, path: Path | None) -> None:
+    """Load the checkpoint's weights into `model`, refusing one saved for another arch or
+    whose tensors do not fit."""
+    if checkpoint["arch"] != arch:
+        raise InputError(f"checkpoint '{path}': saved for arch '{checkpoint['arch']}', the config builds '{arch}'")
+    try:
+        unwrap_model(model).load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise InputError(f"checkpoint '{path}': weights do not fit the model ({detail[:300]})") from None
