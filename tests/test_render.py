@@ -1,6 +1,8 @@
 """Rendering: the exact files, no leftover Jinja, the answers recorded, the license option."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,10 @@ def test_license_option_writes_the_right_file(render: Render, license_name: str,
 
 def test_license_choices_are_the_documented_ones() -> None:
     assert DEFAULTS["license"] == ["MIT", "BSD-3-Clause", "Apache-2.0", "none"]
+
+
+def test_generated_code_passes_ruff(render: Render) -> None:
+    project = render()
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=project,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]

@@ -15,14 +15,19 @@ pytestmark = pytest.mark.slow
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 RUN_ID = "smoke"
+
+
+def read_metrics_file(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
 # 3 epochs of the 3,600 training images at batch 128 are only 87 optimizer steps (val_accuracy
 # about 0.88); at batch 32 they are 339, which is what 3 short epochs need to pass 0.90.
 SMOKE_ARGS = ("--bs", "32", "-o", "trainer.epochs=3", "-o", "trainer.verbosity=1", "--run-id", RUN_ID)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / "metrics.csv").open(newline="") as file:
-        return list(csv.DictReader(file))
+    return read_metrics_file(run_dir / "metrics.csv")
 
 
 def smoke_train(render: Render, data_dir: Path, tmp_path: Path, n_gpu: int) -> tuple[Path, Path]:
@@ -74,11 +79,6 @@ def check_run(project: Path, run_dir: Path, data_dir: Path, tmp_path: Path, bitw
     results = dict(line.split(": ") for line in evaluated.stdout.splitlines() if ": " in line)
     assert float(results["accuracy"]) >= 0.85 and "loss" in results and "top_k_acc" in results
     assert sorted(tmp_path.rglob("*")) == before  # evaluation creates nothing
-
-
-def read_metrics_file(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def test_smoke_train_resume_evaluate_on_cpu(render: Render, mnist_sample_dir: Path, tmp_path: Path) -> None:

@@ -151,9 +151,13 @@ class BaseTrainer(ABC):
             self.not_improved_count += 1
         return improved
 
+    def _shuffle_generator(self) -> torch.Generator | None:
+        """The generator that shuffles the training data (a subclass's `data_loader`), if any."""
+        return getattr(getattr(self, "data_loader", None), "generator", None)
+
     def state(self, epoch: int) -> dict[str, Any]:
         """Everything the next epoch depends on, as plain data (loads with weights_only=True)."""
-        generator = getattr(getattr(self, "data_loader", None), "generator", None)
+        generator = self._shuffle_generator()
         return {
             "format_version": FORMAT_VERSION,
             "arch": type(unwrap_model(self.model)).__name__,
@@ -193,7 +197,7 @@ class BaseTrainer(ABC):
         self.global_step = checkpoint.get("global_step", 0)
         self.monitor_best = checkpoint.get("monitor_best", self.monitor_best)
         self.not_improved_count = checkpoint.get("not_improved_count", 0)
-        generator = getattr(getattr(self, "data_loader", None), "generator", None)
+        generator = self._shuffle_generator()
         if generator is not None and checkpoint.get("data_loader_generator") is not None:
             generator.set_state(checkpoint["data_loader_generator"])
         if "rng" in checkpoint:
