@@ -1,13 +1,11 @@
 """Rendering: the exact files, no leftover Jinja, the answers recorded, the license option."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULTS, Render
+from conftest import DEFAULTS, Render, run_python
 
 EXPECTED_FILES = {
     ".cookiecutter.json", ".gitignore", "LICENSE", "README.md", "config.json", "config_schema.py",
@@ -75,6 +73,5 @@ def test_license_choices_are_the_documented_ones() -> None:
 
 def test_generated_code_passes_ruff(render: Render) -> None:
     project = render()
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=project,
-                            capture_output=True, text=True, timeout=120)
+    result = run_python(project, "-m", "ruff", "check", "--no-cache", ".", timeout=120)
     assert result.returncode == 0, result.stdout[-3000:]
