@@ -17,6 +17,8 @@ ANSWERS = {
     "project_name": {{cookiecutter.project_name | tojson}},
     "project_slug": {{cookiecutter.project_slug | tojson}},
     "python_version": {{cookiecutter.python_version | tojson}},
+    "author_name": {{cookiecutter.author_name | tojson}},
+    "description": {{cookiecutter.description | tojson}},
 }
 
 MIN_PYTHON = (3, 10)  # the generated code uses `X | Y` type unions at run time
@@ -52,7 +54,7 @@ def check_name(name: str) -> str | None:
     """Return why ``name`` cannot be the human-readable project name, or None if it can."""
     if not name.strip():
         return "is empty (give a human-readable name, e.g. 'MNIST Classifier')"
-    return None
+    return check_one_line(name)
 
 
 def check_python_version(version: str) -> str | None:
@@ -63,10 +65,19 @@ def check_python_version(version: str) -> str | None:
     return None
 
 
+def check_one_line(text: str) -> str | None:
+    """Return why ``text`` cannot go on one line of LICENSE, README and pyproject.toml, or None."""
+    if any(not char.isprintable() for char in text):
+        return "contains a line break or another control character (keep it to one line)"
+    return None
+
+
 CHECKS = {
     "project_name": check_name,
     "project_slug": check_slug,
     "python_version": check_python_version,
+    "author_name": check_one_line,
+    "description": check_one_line,
 }
 
 

@@ -20,6 +20,9 @@ BAD_ANSWERS = [
     ({"project_name": "   ", "project_slug": "fine"}, "project_name '   ' is empty"),
     ({"python_version": "3.9"}, "python_version '3.9' is not of the form MAJOR.MINOR with version 3.10"),
     ({"python_version": "three"}, "python_version 'three' is not of the form MAJOR.MINOR"),
+    ({"project_name": "Two\nLines", "project_slug": "fine"}, "project_name 'Two\\nLines' contains a line break"),
+    ({"author_name": "Ada\nLovelace"}, "author_name 'Ada\\nLovelace' contains a line break"),
+    ({"description": "tab\there"}, "description 'tab\\there' contains a line break or another control character"),
 ]
 
 

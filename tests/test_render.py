@@ -17,7 +17,8 @@ EXPECTED_FILES = {
     "trainer/__init__.py", "trainer/trainer.py",
     "utils/__init__.py", "utils/checkpoint.py", "utils/device.py", "utils/errors.py", "utils/seed.py",
     "utils/tracker.py",
-    "tests/conftest.py", "tests/test_checkpoint.py", "tests/test_config.py", "tests/test_data.py",
+    "tests/conftest.py", "tests/test_bad_inputs.py", "tests/test_checkpoint.py", "tests/test_config.py",
+    "tests/test_data.py",
     "tests/test_training.py",
 }
 

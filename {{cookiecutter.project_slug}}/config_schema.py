@@ -14,6 +14,7 @@ from typing import Any
 from utils.errors import InputError
 
 REQUIRED = object()  # marks a key that has no default
+OPTIONAL = object()  # marks a key that is checked when present and left out when absent
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,23 @@ class Key:
     default: Any = REQUIRED
     check: Callable[[Any], str | None] | None = None
     children: dict[str, "Key"] | None = field(default=None)
+    # True for a class's `args`: keys not listed are passed to the class unchecked (its own
+    # signature decides), listed ones are checked here.
+    open: bool = False
 
 
 def _at_least(minimum: float) -> Callable[[Any], str | None]:
     return lambda value: None if value >= minimum else f"must be >= {minimum}"
+
+
+def _above(minimum: float) -> Callable[[Any], str | None]:
+    return lambda value: None if value > minimum else f"must be > {minimum}"
+
+
+def _check_split(value: float) -> str | None:
+    if isinstance(value, int):
+        return None if value >= 0 else "must be a count of samples >= 0 or a fraction in [0, 1)"
+    return None if 0.0 <= value < 1.0 else "must be a fraction in [0, 1) or a count of samples >= 0"
 
 
 def _one_of(*choices: Any) -> Callable[[Any], str | None]:
@@ -46,15 +60,17 @@ def _check_names(value: list) -> str | None:
     return None if all(isinstance(item, str) for item in value) else "must be a list of names (strings)"
 
 
-def _object(doc: str, default: Any = REQUIRED) -> Key:
-    """A `{"type": ..., "args": {...}}` block that names a class and its keyword arguments."""
+def _object(doc: str, args: dict[str, Key] | None = None, types: tuple[type, ...] = (dict,),
+            default: Any = REQUIRED) -> Key:
+    """A `{"type": ..., "args": {...}}` block that names a class and its keyword arguments;
+    `args` lists the arguments checked here (others go to the class as they are)."""
     return Key(
-        (dict,),
+        types,
         doc,
         default,
         children={
             "type": Key((str,), "name of the class"),
-            "args": Key((dict,), "keyword arguments for the class", default={}),
+            "args": Key((dict,), "keyword arguments for the class", default={}, children=args or {}, open=True),
         },
     )
 
@@ -66,17 +82,27 @@ SCHEMA: dict[str, Key] = {
         default=1, check=_at_least(0),
     ),
     "arch": _object("model class in `model/model.py` and its arguments"),
-    "data_loader": _object("data loader class in `data_loader/` and its arguments"),
-    "optimizer": _object("optimizer class in `torch.optim` and its arguments (the model's parameters come first)"),
+    "data_loader": _object("data loader class in `data_loader/` and its arguments", {
+        "data_dir": Key((str,), "folder of the dataset", default=OPTIONAL),
+        "batch_size": Key((int,), "samples per batch", default=OPTIONAL, check=_at_least(1)),
+        "shuffle": Key((bool,), "reshuffle the training samples every epoch", default=OPTIONAL),
+        "validation_split": Key((float,), "held out for validation: a fraction in [0, 1) or a number of samples",
+                                default=OPTIONAL, check=_check_split),
+        "num_workers": Key((int,), "worker processes loading batches; 0 loads in the training process",
+                           default=OPTIONAL, check=_at_least(0)),
+    }),
+    "optimizer": _object("optimizer class in `torch.optim` and its arguments (the model's parameters come first)", {
+        "lr": Key((float,), "learning rate", default=OPTIONAL, check=_above(0)),
+        "weight_decay": Key((float,), "weight decay", default=OPTIONAL, check=_at_least(0)),
+    }),
     "loss": Key((str,), "loss function name in `model/loss.py`"),
     "metrics": Key(
         (list,), "metric function names in `model/metric.py`, logged for training and validation",
         default=[], check=_check_names,
     ),
-    "lr_scheduler": Key(
-        (dict, type(None)), "scheduler class in `torch.optim.lr_scheduler` and its arguments, stepped once "
-        "per epoch; null for none", default=None,
-        children=_object("").children,
+    "lr_scheduler": _object(
+        "scheduler class in `torch.optim.lr_scheduler` and its arguments, stepped once per epoch; null for none",
+        types=(dict, type(None)), default=None,
     ),
     "trainer": Key((dict,), "training loop options", children={
         "epochs": Key((int,), "number of epochs to train", check=_at_least(1)),
@@ -111,16 +137,18 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-def _validate(config: dict[str, Any], schema: dict[str, Key], prefix: str) -> dict[str, Any]:
+def _validate(config: dict[str, Any], schema: dict[str, Key], prefix: str, open_: bool = False) -> dict[str, Any]:
     for name in config:
-        if name not in schema:
+        if name not in schema and not open_:
             hint = difflib.get_close_matches(name, list(schema), n=1)
             suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else f"; valid keys: {', '.join(schema)}"
             raise InputError(f"config: unknown key '{prefix}{name}'{suggestion}")
-    resolved: dict[str, Any] = {}
+    resolved: dict[str, Any] = {name: value for name, value in config.items() if name not in schema}
     for name, key in schema.items():
         path = prefix + name
         if name not in config:
+            if key.default is OPTIONAL:
+                continue
             if key.default is REQUIRED:
                 raise InputError(f"config: missing required key '{path}' ({key.doc})")
             resolved[name] = _copy(key.default)
@@ -133,9 +161,10 @@ def _validate(config: dict[str, Any], schema: dict[str, Key], prefix: str) -> di
         if problem:
             raise InputError(f"config: '{path}' {problem}, got {value!r}")
         if key.children is not None and isinstance(value, dict):
-            value = _validate(value, key.children, path + ".")
+            value = _validate(value, key.children, path + ".", key.open)
         resolved[name] = value
-    return resolved
+    ordered = {name: resolved.pop(name) for name in config}  # keep the file's order, defaults last
+    return {**ordered, **resolved}
 
 
 def _copy(value: Any) -> Any:
@@ -159,7 +188,12 @@ def reference_table() -> str:
             shown = [t for t in key.types if not (t is int and float in key.types)]  # "a number" covers int
             types = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in shown)
             doc = key.doc.replace("|", "\\|")  # a bare | would end the table cell
-            default = "required" if key.default is REQUIRED else f"`{json.dumps(key.default)}`"
+            if key.default is REQUIRED:
+                default = "required"
+            elif key.default is OPTIONAL:
+                default = "the class's"
+            else:
+                default = f"`{json.dumps(key.default)}`"
             rows.append(f"| `{prefix}{name}` | {types} | {default} | {doc} |")
             if key.children:
                 walk(key.children, f"{prefix}{name}.")

@@ -1,9 +1,11 @@
 """ConfigParser: read config.json, validate it, apply command-line overrides, build objects."""
 
 import argparse
+import copy
 import inspect
 import json
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
@@ -49,6 +51,18 @@ def apply_override(config: dict[str, Any], override: str) -> None:
     node[keys[-1]] = value
 
 
+def gpu_indices(text: str) -> str:
+    if not re.fullmatch(r"\d+(,\d+)*", text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of GPU indices, e.g. 0 or 0,1")
+    return text
+
+
+def folder_name(text: str) -> str:
+    if not re.fullmatch(r"[\w.-]+", text) or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a folder name (letters, digits, '_', '-', '.')")
+    return text
+
+
 class CommandLineParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr and exit status 2."""
 
@@ -61,7 +75,9 @@ def command_line_parser(description: str) -> CommandLineParser:
     parser = CommandLineParser(description=description)
     parser.add_argument("-c", "--config", help="config file (JSON)")
     parser.add_argument("-r", "--resume", help="checkpoint to resume from (train) or evaluate (test)")
-    parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument(
+        "-d", "--device", type=gpu_indices, help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)"
+    )
     parser.add_argument(
         "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
         help="set any config key, e.g. -o trainer.epochs=5 -o optimizer.args.lr=3e-4 (repeatable)",
@@ -102,7 +118,7 @@ class ConfigParser:
         if args.config:
             config = read_json(Path(args.config))
         elif checkpoint is not None:
-            config = checkpoint["config"]
+            config = copy.deepcopy(checkpoint["config"])  # overrides must not rewrite the checkpoint's record
         else:
             raise InputError("no config: give a config file with -c or a checkpoint with -r")
         if not isinstance(config, dict):
@@ -165,7 +181,12 @@ class ConfigParser:
             raise InputError(f"config: '{name}.args' do not fit {block['type']}: {exc}") from None
         except ValueError:  # no inspectable signature: let the call itself check
             pass
-        return cls(*args, **arguments)
+        try:
+            return cls(*args, **arguments)
+        except (ValueError, TypeError) as exc:
+            if not cls.__module__.startswith("torch."):
+                raise  # a bug in the project's own class: its traceback is what helps
+            raise InputError(f"config: '{name}.args' rejected by {block['type']}: {exc}") from None
 
     def init_ftn(self, name: str, module: ModuleType) -> Any:
         """The function named by config key `name` (a string, or each string of a list)."""

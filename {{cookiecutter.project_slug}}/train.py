@@ -1,10 +1,12 @@
-"""Train a model: python train.py -c config.json [-r CHECKPOINT] [-o KEY=VALUE ...]"""
+"""Train a model: python train.py -c config.json [-r CHECKPOINT] [-o KEY=VALUE ...] [--dry-run]"""
 
+import inspect
+import json
 import logging
 import sys
 
 import torch
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 import data_loader as module_data
@@ -12,7 +14,7 @@ import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
 from logger import setup_logging
-from parse_config import ConfigParser, command_line_parser
+from parse_config import ConfigParser, command_line_parser, folder_name, lookup
 from trainer import Trainer
 from utils import InputError, prepare_device, seed_everything
 
@@ -22,17 +24,19 @@ logger = logging.getLogger("train")
 SHORTCUTS = {"lr": "optimizer.args.lr", "bs": "data_loader.args.batch_size"}
 
 
-def train(config: ConfigParser) -> dict[str, float]:
-    """Build everything the config describes, train, and return the last epoch's metrics.
-
-    Every input mistake surfaces as an InputError before the run directory is created.
-    """
+def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
+    """Build the data loaders, model, loss, metrics, optimizer, scheduler and trainer that the
+    config describes. Every input mistake surfaces here as an InputError; nothing is written."""
     setup_logging(config["trainer"]["verbosity"])
     if config["trainer"]["seed"] is not None:
         seed_everything(config["trainer"]["seed"])
     device, device_ids = prepare_device(config["n_gpu"])
 
-    data_loader = config.init_obj("data_loader", module_data, DataLoader)
+    loader_options = {}
+    if dry_run and accepts(lookup(module_data, config["data_loader"]["type"], "data_loader.type", DataLoader),
+                           "download"):
+        loader_options["download"] = False  # a dry run writes nothing, datasets included
+    data_loader = config.init_obj("data_loader", module_data, DataLoader, **loader_options)
     valid_data_loader = data_loader.split_validation() if hasattr(data_loader, "split_validation") else None
 
     model = config.init_obj("arch", module_arch, torch.nn.Module).to(device)
@@ -44,25 +48,58 @@ def train(config: ConfigParser) -> dict[str, float]:
     optimizer = config.init_obj("optimizer", torch.optim, torch.optim.Optimizer, parameters)
     lr_scheduler = None
     if config["lr_scheduler"] is not None:
-        scheduler_base = (LRScheduler, ReduceLROnPlateau)
-        lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, scheduler_base, optimizer)
+        lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, LRScheduler, optimizer)
 
-    trainer = Trainer(
+    return Trainer(
         model, criterion, metric_fns, optimizer,
         config=config, device=device, device_ids=device_ids,
         data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler,
     )
-    return trainer.train()
+
+
+def accepts(cls: type, parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(cls).parameters
+    except ValueError:
+        return False
+
+
+def train(config: ConfigParser) -> dict[str, float]:
+    """Train as the config says; returns the last epoch's metrics."""
+    return build_trainer(config).train()
+
+
+def dry_run(config: ConfigParser) -> dict[str, float]:
+    """Build everything, run one training and one validation batch and print the resolved
+    config and the parameter count. Creates no run directory, log, checkpoint or dataset."""
+    trainer = build_trainer(config, dry_run=True)
+    losses = trainer.dry_run()
+    print(json.dumps(config.config, indent=4))
+    parameters = list(trainer.model.parameters())
+    total = sum(p.numel() for p in parameters)
+    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    print(f"model {config['arch']['type']}: {total:,} parameters ({trainable:,} trainable)")
+    batches = "  ".join(f"{key} {value:.4f}" for key, value in losses.items())
+    print(f"dry run passed on {trainer.device}: one training and one validation batch ({batches}); nothing written")
+    return losses
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = command_line_parser("Train a model from a config file, or resume from a checkpoint.")
     parser.add_argument("--lr", type=float, help="learning rate (sets optimizer.args.lr)")
     parser.add_argument("--bs", type=int, help="batch size (sets data_loader.args.batch_size)")
-    parser.add_argument("--run-id", help="name of the run directory (default: the start time)")
+    parser.add_argument("--run-id", type=folder_name, help="name of the run directory (default: the start time)")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="check the config: build everything, run one training and one validation batch, write nothing",
+    )
     args = parser.parse_args(argv)
     try:
-        train(ConfigParser.from_args(args, SHORTCUTS))
+        config = ConfigParser.from_args(args, SHORTCUTS)
+        if args.dry_run:
+            dry_run(config)
+        else:
+            train(config)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -32,9 +32,6 @@ class BaseDataLoader(DataLoader):
         collate_fn: Callable[[list], Any] = default_collate,
         pin_memory: bool | None = None,
     ) -> None:
-        _check_positive_int("batch_size", batch_size)
-        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
-            raise InputError(f"config: 'data_loader.args.num_workers' must be an integer >= 0, got {num_workers!r}")
         train_indices, self.valid_indices = _split(len(dataset), validation_split)
         generator = torch.Generator()
         generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
@@ -55,11 +52,6 @@ class BaseDataLoader(DataLoader):
         if not self.valid_indices:
             return None
         return DataLoader(self.dataset, sampler=self.valid_indices, **self._loader_args)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InputError(f"config: 'data_loader.args.{name}' must be an integer >= 1, got {value!r}")
 
 
 def _split(n_samples: int, validation_split: float | int) -> tuple[list[int], list[int]]:

@@ -193,6 +193,11 @@ class BaseTrainer(ABC):
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         if self.scaler is not None and checkpoint.get("scaler") is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["epoch"] >= self.epochs:
+            raise InputError(
+                f"checkpoint '{path}': the run already reached epoch {checkpoint['epoch']} of "
+                f"trainer.epochs {self.epochs}; to train longer, resume with -o trainer.epochs=N"
+            )
         self.start_epoch = checkpoint["epoch"] + 1
         self.global_step = checkpoint.get("global_step", 0)
         self.monitor_best = checkpoint.get("monitor_best", self.monitor_best)

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import logging
+import shutil
 from pathlib import Path
 
 from torch.utils.data import TensorDataset
@@ -51,7 +52,7 @@ def load_mnist(root: Path, train: bool, download: bool) -> TensorDataset:
     needed = [name for names in MNIST_FILES.values() for name in names]
     missing = [name for name in needed if not (raw / name).is_file()]
     if missing:
-        problem = _download(root) if download else "download is off"
+        problem = _download(root) if download else "download is off (a dry run downloads nothing)"
         missing = [name for name in needed if not (raw / name).is_file()]
         if missing:
             raise InputError(
@@ -64,14 +65,27 @@ def load_mnist(root: Path, train: bool, download: bool) -> TensorDataset:
 
 
 def _download(root: Path) -> str:
-    """Download MNIST into `root`; returns why it failed ('' on success)."""
+    """Download MNIST into `root`; returns why it failed ('' on success). A failed download
+    removes the folders and partial files it made, so a failed run leaves nothing behind."""
     logger.info("Downloading MNIST into %s ...", root)
+    existed = _existing_paths(root)
     chatter = io.StringIO()  # torchvision prints every mirror it tries
     try:
         with contextlib.redirect_stdout(chatter):
             datasets.MNIST(str(root), train=True, download=True)
     except Exception as exc:  # no network, a proxy, a full disk: all end the same way for the user
+        for path in sorted(_existing_paths(root) - existed, key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         reason = " ".join(str(exc).split())
         # torchvision lists every mirror it tried; the last error says enough
         return f"download failed: {reason.rpartition('got: ')[2][:200]}"
     return ""
+
+
+def _existing_paths(root: Path) -> set[Path]:
+    """`root` and those of its parents that exist, and everything below `root`."""
+    chain = {path for path in (root, *root.parents) if path.exists()}
+    return chain | (set(root.rglob("*")) if root.is_dir() else set())

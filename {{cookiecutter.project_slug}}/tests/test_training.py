@@ -113,6 +113,15 @@ def test_early_stop_ends_training_when_the_monitor_stops_improving(make_config: 
     assert result["epoch"] == 3
 
 
+def test_reduce_lr_on_plateau_steps_on_the_monitored_metric(make_config: ConfigFactory, tmp_path: Path) -> None:
+    # mode 'max' on a falling val_loss: epoch 2 does not improve, so with patience 0 the lr halves
+    scheduler = {"type": "ReduceLROnPlateau", "args": {"mode": "max", "patience": 0, "factor": 0.5}}
+    result = run(make_config(lr_scheduler=scheduler, trainer__monitor="min val_loss"))
+    assert result["epoch"] == 2
+    latest = torch.load(tmp_path / "saved" / "Mnist_LeNet" / "run" / "latest.pth", weights_only=True)
+    assert latest["optimizer"]["param_groups"][0]["lr"] == 0.0005
+
+
 def test_a_victoresque_config_runs_unchanged_apart_from_paths(
     make_config: ConfigFactory, mnist_dir: Path, tmp_path: Path
 ) -> None:

@@ -60,17 +60,27 @@ class Trainer(BaseTrainer):
             for fn in self.metric_fns:
                 tracker.update(fn.__name__, fn(output, target), n)
 
+    def _train_batch(self, data: torch.Tensor, target: torch.Tensor) -> None:
+        data, target = self._to_device(data, target)
+        with self.autocast():
+            output = self.model(data)  # (B, num_classes) log-probabilities
+            loss = self.criterion(output, target)
+        self.backward_and_step(loss)
+        self._update(self.train_metrics, loss, output, target)
+
+    def _valid_batch(self, data: torch.Tensor, target: torch.Tensor) -> None:
+        data, target = self._to_device(data, target)
+        with self.autocast():
+            output = self.model(data)
+            loss = self.criterion(output, target)
+        self._update(self.valid_metrics, loss, output, target)
+
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         self.train_metrics.reset()
         bar = self._progress(self.data_loader, f"epoch {epoch}/{self.epochs} train")
         for batch_idx, (data, target) in enumerate(bar):
-            data, target = self._to_device(data, target)
-            with self.autocast():
-                output = self.model(data)  # (B, num_classes) log-probabilities
-                loss = self.criterion(output, target)
-            self.backward_and_step(loss)
-            self._update(self.train_metrics, loss, output, target)
+            self._train_batch(data, target)
             if self.show_progress and batch_idx % BAR_REFRESH_BATCHES == 0:
                 bar.set_postfix(loss=f"{self.train_metrics.average('loss'):.4f}", refresh=False)
         bar.close()
@@ -86,10 +96,21 @@ class Trainer(BaseTrainer):
         self.valid_metrics.reset()
         bar = self._progress(self.valid_data_loader, f"epoch {epoch}/{self.epochs} valid")
         for data, target in bar:
-            data, target = self._to_device(data, target)
-            with self.autocast():
-                output = self.model(data)
-                loss = self.criterion(output, target)
-            self._update(self.valid_metrics, loss, output, target)
+            self._valid_batch(data, target)
         bar.close()
         return self.valid_metrics.result()
+
+    def dry_run(self) -> dict[str, float]:
+        """One training batch and one validation batch, to prove that everything fits together;
+        returns their metrics. Writes nothing."""
+        self.model.train()
+        self.train_metrics.reset()
+        self._train_batch(*next(iter(self.data_loader)))
+        log = self.train_metrics.result()
+        if self.valid_data_loader is not None:
+            self.model.eval()
+            self.valid_metrics.reset()
+            with torch.no_grad():
+                self._valid_batch(*next(iter(self.valid_data_loader)))
+            log.update({f"val_{key}": value for key, value in self.valid_metrics.result().items()})
+        return log

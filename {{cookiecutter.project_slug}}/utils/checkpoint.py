@@ -74,6 +74,8 @@ class CheckpointSaver:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and check a checkpoint; any problem with the file is an InputError naming it."""
+    if path.is_dir():
+        raise InputError(f"checkpoint '{path}': a folder, not a checkpoint file")
     if not path.is_file():
         raise InputError(f"checkpoint '{path}': no such file")
     try:

@@ -1,0 +1,287 @@
+"""The catalogue of bad inputs: each one, given to `train.py` or `test.py` as a user would,
+must end with exit status 2 and one `error:` line on stderr that names the offending key or
+file, with no traceback, and must leave every file as it was (nothing created, nothing
+overwritten).
+
+Each case runs in a fresh working folder holding `config.json` (the project's own config,
+shrunk to CPU and the synthetic test data), a valid checkpoint `good.pth` and a set of bad
+files. To add a case, add a `Case` to CATALOGUE.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torchvision import datasets
+
+import test as test_script
+import train
+from model.model import MnistModel
+from parse_config import ConfigParser
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DELETE = object()  # an `edits` value that removes the key
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    kind: str  # config, lookup, arguments, cli, checkpoint or data: what the user got wrong
+    args: tuple[str, ...]  # the command line; -c config.json is the edited config below
+    names: str  # the message must contain this: the key or file, and what is wrong
+    edits: dict[str, Any] = field(default_factory=dict)  # dotted key -> new value (or DELETE)
+    script: str = "train"
+
+
+def c(id: str, names: str, **edits: Any) -> Case:
+    """A config case: `python train.py -c config.json` with `edits` made to config.json;
+    `edits` keys use `__` for the dots of the dotted key."""
+    return Case(id, "config", ("-c", "config.json"), names, {k.replace("__", "."): v for k, v in edits.items()})
+
+
+CATALOGUE = [
+    # The config file itself
+    Case("config-missing", "config", ("-c", "nope.json"), "config 'nope.json': cannot read it"),
+    Case("config-not-json", "config", ("-c", "broken.json"), "config 'broken.json': invalid JSON at line 3 column 3"),
+    Case("config-empty", "config", ("-c", "empty.json"), "config 'empty.json': invalid JSON at line 1 column 1"),
+    Case("config-a-list", "config", ("-c", "list.json"), "config 'list.json': must be a JSON object"),
+    Case("config-a-folder", "config", ("-c", "folder"), "config 'folder': cannot read it"),
+    # Keys, types and ranges
+    c("unknown-key", "unknown key 'optimiser'; did you mean 'optimizer'?", optimiser={}),
+    c("misspelt-trainer-key", "unknown key 'trainer.epoch'; did you mean 'trainer.epochs'?", trainer__epoch=3),
+    c("missing-arch", "missing required key 'arch'", arch=DELETE),
+    c("missing-epochs", "missing required key 'trainer.epochs'", trainer__epochs=DELETE),
+    c("epochs-a-string", "'trainer.epochs' must be an integer, got '10'", trainer__epochs="10"),
+    c("epochs-negative", "'trainer.epochs' must be >= 1, got -1", trainer__epochs=-1),
+    c("epochs-fractional", "'trainer.epochs' must be an integer, got 2.5", trainer__epochs=2.5),
+    c("batch-size-zero", "'data_loader.args.batch_size' must be >= 1, got 0", data_loader__args__batch_size=0),
+    c("validation-split-above-one", "'data_loader.args.validation_split' must be a fraction in [0, 1)",
+      data_loader__args__validation_split=1.5),
+    c("validation-split-too-many", "'data_loader.args.validation_split' must be a count from 0 to 399, got 400",
+      data_loader__args__validation_split=400),
+    c("num-workers-negative", "'data_loader.args.num_workers' must be >= 0", data_loader__args__num_workers=-2),
+    c("lr-negative", "'optimizer.args.lr' must be > 0, got -0.001", optimizer__args__lr=-0.001),
+    c("lr-a-word", "'optimizer.args.lr' must be a number, got 'fast'", optimizer__args__lr="fast"),
+    c("monitor-bad-mode", "'trainer.monitor' must be 'off' or '<min|max> <metric>'", trainer__monitor="avg val_loss"),
+    c("monitor-unlogged-metric", "'trainer.monitor' watches 'val_acc', which is not logged",
+      trainer__monitor="min val_acc"),
+    c("monitor-without-validation", "'trainer.monitor' watches 'val_loss', which is not logged",
+      data_loader__args__validation_split=0.0),
+    c("precision-unknown", "'trainer.precision' must be one of 'fp32', 'bf16', 'fp16', got 'fp8'",
+      trainer__precision="fp8"),
+    c("precision-fp16-on-cpu", "'trainer.precision' is 'fp16', which needs a CUDA GPU", trainer__precision="fp16"),
+    c("tensorboard-a-word", "'trainer.tensorboard' must be true or false, got 'yes'", trainer__tensorboard="yes"),
+    c("n-gpu-negative", "'n_gpu' must be >= 0, got -1", n_gpu=-1),
+    c("seed-fractional", "'trainer.seed' must be an integer or null, got 1.5", trainer__seed=1.5),
+    c("metrics-not-a-list", "'metrics' must be a list, got 'accuracy'", metrics="accuracy"),
+    c("clip-zero", "'trainer.clip_grad_norm' must be > 0, got 0", trainer__clip_grad_norm=0),
+    c("verbosity-out-of-range", "'trainer.verbosity' must be one of 0, 1, 2, got 3", trainer__verbosity=3),
+    c("save-period-zero", "'trainer.save_period' must be >= 1, got 0", trainer__save_period=0),
+    c("early-stop-negative", "'trainer.early_stop' must be >= 0, got -1", trainer__early_stop=-1),
+    # Names of classes and functions: looked up in their own module only
+    Case("arch-unknown", "lookup", ("-c", "config.json"), "'arch.type' is 'ResNet', not one of model.model: MnistModel",
+         {"arch.type": "ResNet"}),
+    Case("loss-import-attempt", "lookup", ("-c", "config.json"), "'loss' is 'os.system', not one of model.loss",
+         {"loss": "os.system"}),
+    Case("optimizer-unknown", "lookup", ("-c", "config.json"), "'optimizer.type' is 'Adamm', not one of torch.optim",
+         {"optimizer.type": "Adamm"}),
+    Case("scheduler-abstract-base", "lookup", ("-c", "config.json"),
+         "'lr_scheduler.type' is 'LRScheduler', not one of torch.optim.lr_scheduler",
+         {"lr_scheduler.type": "LRScheduler"}),
+    Case("metric-unknown", "lookup", ("-c", "config.json"), "'metrics[1]' is 'acc', not one of model.metric",
+         {"metrics": ["accuracy", "acc"]}),
+    Case("data-loader-unknown", "lookup", ("-c", "config.json"),
+         "'data_loader.type' is 'MNIST', not one of data_loader: MnistDataLoader", {"data_loader.type": "MNIST"}),
+    # Class arguments
+    Case("arch-unexpected-argument", "arguments", ("-c", "config.json"),
+         "'arch.args' do not fit MnistModel: got an unexpected keyword argument 'layers'",
+         {"arch.args": {"layers": 3}}),
+    Case("optimizer-misspelt-argument", "arguments", ("-c", "config.json"),
+         "'optimizer.args' do not fit Adam: got an unexpected keyword argument 'lrr'", {"optimizer.args.lrr": 0.1}),
+    Case("optimizer-argument-out-of-range", "arguments", ("-c", "config.json"),
+         "'optimizer.args' rejected by Adam: Invalid beta parameter", {"optimizer.args.betas": [2, 0.5]}),
+    Case("scheduler-missing-argument", "arguments", ("-c", "config.json"),
+         "'lr_scheduler.args' do not fit StepLR: missing a required argument: 'step_size'", {"lr_scheduler.args": {}}),
+    Case("plateau-without-monitor", "arguments", ("-c", "config.json"),
+         "'lr_scheduler.type' ReduceLROnPlateau steps on the monitored metric",
+         {"lr_scheduler": {"type": "ReduceLROnPlateau", "args": {}}, "trainer.monitor": "off"}),
+    # The command line
+    Case("no-config-no-checkpoint", "cli", (), "no config: give a config file with -c or a checkpoint with -r"),
+    Case("unknown-option", "cli", ("-c", "config.json", "--epochs", "3"), "unrecognized arguments: --epochs 3"),
+    Case("batch-size-not-a-number", "cli", ("-c", "config.json", "--bs", "many"),
+         "argument --bs: invalid int value: 'many'"),
+    Case("override-without-value", "cli", ("-c", "config.json", "-o", "trainer.epochs"),
+         "override 'trainer.epochs': expected KEY=VALUE"),
+    Case("override-through-a-value", "cli", ("-c", "config.json", "-o", "trainer.epochs.max=3"),
+         "override 'trainer.epochs.max=3': 'trainer.epochs' is not an object"),
+    Case("override-unknown-key", "cli", ("-c", "config.json", "-o", "trainer.epoch=3"),
+         "unknown key 'trainer.epoch'; did you mean 'trainer.epochs'?"),
+    Case("device-not-indices", "cli", ("-c", "config.json", "-d", "gpu0"),
+         "argument -d/--device: 'gpu0' is not a list of GPU indices"),
+    Case("run-id-escapes", "cli", ("-c", "config.json", "--run-id", "../elsewhere"),
+         "argument --run-id: '../elsewhere' is not a folder name"),
+    Case("run-id-taken", "cli", ("-c", "config.json", "--run-id", "taken"),
+         "run directory 'saved/Mnist_LeNet/taken' already exists"),
+    Case("save-dir-a-file", "cli", ("-c", "config.json", "-o", "trainer.save_dir=a_file"),
+         "run directory 'a_file/Mnist_LeNet/"),
+    Case("test-without-checkpoint", "cli", ("-c", "config.json"),
+         "no checkpoint: give the checkpoint to evaluate with -r", script="test"),
+    # Checkpoints
+    Case("checkpoint-missing", "checkpoint", ("-r", "missing.pth"), "checkpoint 'missing.pth': no such file"),
+    Case("checkpoint-a-folder", "checkpoint", ("-r", "folder"), "checkpoint 'folder': a folder, not a checkpoint file"),
+    Case("checkpoint-truncated", "checkpoint", ("-r", "truncated.pth"),
+         "checkpoint 'truncated.pth': not a readable checkpoint"),
+    Case("checkpoint-text", "checkpoint", ("-r", "notes.pth"), "checkpoint 'notes.pth': not a readable checkpoint"),
+    Case("checkpoint-foreign-dict", "checkpoint", ("-r", "foreign.pth"),
+         "checkpoint 'foreign.pth': not a checkpoint of this project (no format_version)"),
+    Case("checkpoint-pickled-model", "checkpoint", ("-r", "pickled.pth"),
+         "checkpoint 'pickled.pth': not a readable checkpoint"),
+    Case("checkpoint-newer-format", "checkpoint", ("-r", "newer.pth"),
+         "checkpoint 'newer.pth': format_version 99 is newer than this code reads"),
+    Case("checkpoint-other-arch", "checkpoint", ("-r", "other_arch.pth"),
+         "checkpoint 'other_arch.pth': saved for arch 'ResNet', the config builds 'MnistModel'"),
+    Case("checkpoint-weights-do-not-fit", "checkpoint", ("-r", "reshaped.pth"),
+         "checkpoint 'reshaped.pth': weights do not fit the model"),
+    Case("checkpoint-other-optimizer", "checkpoint",
+         ("-r", "good.pth", "-o", "optimizer.type=AdamW", "-o", "trainer.epochs=3"),
+         "checkpoint 'good.pth': saved with optimizer 'Adam', the config asks for 'AdamW'"),
+    Case("checkpoint-run-finished", "checkpoint", ("-r", "good.pth"),
+         "checkpoint 'good.pth': the run already reached epoch 1 of trainer.epochs 1"),
+    Case("test-checkpoint-truncated", "checkpoint", ("-r", "truncated.pth"),
+         "checkpoint 'truncated.pth': not a readable checkpoint", script="test"),
+    # Data
+    Case("mnist-absent-offline", "data", ("-c", "config.json", "-o", "data_loader.args.data_dir=no_data"),
+         "MNIST not found in 'no_data/MNIST/raw': missing train-images-idx3-ubyte"),
+    Case("data-dir-a-file", "data", ("-c", "config.json", "-o", "data_loader.args.data_dir=a_file"),
+         "'data_loader.args.data_dir' is 'a_file', which is a file, not a folder"),
+    Case("dry-run-downloads-nothing", "data",
+         ("-c", "config.json", "--dry-run", "-o", "data_loader.args.data_dir=no_data"),
+         "MNIST not found in 'no_data/MNIST/raw'"),
+]
+
+
+def set_key(config: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> bytes:
+    """The bytes of a real checkpoint after one epoch on the synthetic data."""
+    config = base_config(mnist_dir)
+    config["trainer"]["save_dir"] = str(tmp_path_factory.mktemp("saved"))
+    parser = ConfigParser(config, run_id="good")
+    train.train(parser)
+    assert parser.run_dir is not None
+    return (parser.run_dir / "checkpoint-epoch1.pth").read_bytes()
+
+
+def base_config(mnist_dir: Path) -> dict[str, Any]:
+    config = json.loads((PROJECT_ROOT / "config.json").read_text())
+    config["n_gpu"] = 0
+    config["data_loader"]["args"].update(data_dir=str(mnist_dir), batch_size=64)
+    config["trainer"].update(epochs=1, save_dir="saved", verbosity=0)
+    return config
+
+
+def make_workspace(root: Path, mnist_dir: Path, good: bytes, edits: dict[str, Any]) -> None:
+    """config.json (with `edits`), good.pth, and every bad file the catalogue refers to."""
+    config = base_config(mnist_dir)
+    for dotted, value in edits.items():
+        set_key(config, dotted, value)
+    (root / "config.json").write_text(json.dumps(config, indent=4))
+    (root / "broken.json").write_text('{\n  "name": "x",\n  oops\n}\n')
+    (root / "empty.json").write_text("")
+    (root / "list.json").write_text("[1, 2]\n")
+    (root / "folder").mkdir()
+    (root / "a_file").write_text("not a folder\n")
+    (root / "saved" / "Mnist_LeNet" / "taken").mkdir(parents=True)
+    (root / "saved" / "Mnist_LeNet" / "taken" / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    (root / "good.pth").write_bytes(good)
+    (root / "truncated.pth").write_bytes(good[: len(good) // 2])
+    (root / "notes.pth").write_text("my notes, not a checkpoint\n")
+    torch.save({"weights": torch.zeros(3)}, root / "foreign.pth")
+    torch.save(MnistModel(), root / "pickled.pth")
+    checkpoint = torch.load(root / "good.pth", weights_only=True)
+    torch.save({**checkpoint, "format_version": 99}, root / "newer.pth")
+    torch.save({**checkpoint, "arch": "ResNet"}, root / "other_arch.pth")
+    reshaped = dict(checkpoint["state_dict"], **{"fc2.bias": torch.zeros(5)})
+    torch.save({**checkpoint, "state_dict": reshaped}, root / "reshaped.pth")
+
+
+def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
+    """Every path below `roots` with its size and modification time (bytecode caches aside)."""
+    return {
+        str(path): (path.stat().st_size, path.stat().st_mtime_ns)
+        for root in roots
+        for path in root.rglob("*")
+        if "__pycache__" not in path.parts
+    }
+
+
+def run(script: str, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run train.py's or test.py's main() as the command line would; (status, stdout, stderr)."""
+    main = train.main if script == "train" else test_script.main
+    try:
+        status = main(args)
+    except SystemExit as exit_:  # argparse usage errors
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MNIST downloads go to a closed local port: the tests are offline whatever the machine."""
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=[case.id for case in CATALOGUE])
+def test_a_bad_input_gets_one_line_status_2_and_changes_nothing(
+    case: Case, tmp_path: Path, mnist_dir: Path, good_checkpoint: bytes,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_workspace(tmp_path, mnist_dir, good_checkpoint, case.edits)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path, mnist_dir)
+    status, _, err = run(case.script, list(case.args), capsys)
+    assert status == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert case.names in err
+    assert snapshot(tmp_path, mnist_dir) == before
+
+
+def test_the_catalogue_is_distinct_and_covers_every_kind() -> None:
+    ids = [case.id for case in CATALOGUE]
+    assert len(ids) == len(set(ids)) >= 30
+    assert {case.kind for case in CATALOGUE} == {"config", "lookup", "arguments", "cli", "checkpoint", "data"}
+
+
+def test_dry_run_checks_everything_and_writes_nothing(
+    tmp_path: Path, mnist_dir: Path, good_checkpoint: bytes, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_workspace(tmp_path, mnist_dir, good_checkpoint, {})
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path, mnist_dir)
+    for args in (["-c", "config.json"], ["-r", "good.pth", "-o", "trainer.epochs=2"],
+                 ["-c", "config.json", "-o", "trainer.epochs=7"]):
+        status, out, err = run("train", [*args, "--dry-run"], capsys)
+        assert status == 0, err
+        resolved = json.loads(out[: out.index("\n}\n") + 2])  # the resolved config comes first
+        assert resolved["trainer"]["precision"] == "fp32"  # defaults filled in
+        n_parameters = sum(p.numel() for p in MnistModel().parameters())
+        assert f"model MnistModel: {n_parameters:,} parameters ({n_parameters:,} trainable)" in out
+        assert "one training and one validation batch (loss " in out and "val_loss " in out
+    assert resolved["trainer"]["epochs"] == 7
+    assert snapshot(tmp_path, mnist_dir) == before
