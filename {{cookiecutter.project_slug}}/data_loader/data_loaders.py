@@ -3,11 +3,12 @@
 import contextlib
 import io
 import logging
+import math
 import shutil
 from pathlib import Path
 
+import torch
 from torch.utils.data import TensorDataset
-from torchvision import datasets
 
 from base import BaseDataLoader
 from utils.errors import InputError
@@ -59,9 +60,27 @@ def load_mnist(root: Path, train: bool, download: bool) -> TensorDataset:
                 f"MNIST not found in '{raw}': missing {', '.join(missing)} ({problem}); "
                 "put the four uncompressed MNIST files there, or run once with network access"
             )
-    mnist = datasets.MNIST(str(root), train=train, download=False)
-    images = mnist.data.float().div_(255).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
-    return TensorDataset(images, mnist.targets)
+    images_file, labels_file = MNIST_FILES[train]
+    images, labels = read_idx(raw / images_file, ndim=3), read_idx(raw / labels_file, ndim=1)
+    if len(images) != len(labels):
+        raise InputError(f"MNIST files in '{raw}': {len(images)} images in {images_file} but {len(labels)} labels")
+    images = images.float().div_(255).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+    return TensorDataset(images, labels.long())
+
+
+def read_idx(path: Path, ndim: int) -> torch.Tensor:
+    """An IDX file of unsigned bytes (the format of the MNIST files) as a uint8 tensor.
+
+    Read directly rather than through torchvision, whose import alone takes seconds; torchvision
+    is only imported to download.
+    """
+    data = path.read_bytes()
+    header = 4 + 4 * ndim
+    magic = int.from_bytes(data[:4], "big")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) < header or magic != 0x0800 + ndim or len(data) != header + math.prod(shape):
+        raise InputError(f"MNIST file '{path}' is damaged or not an uncompressed {ndim}-d IDX file of bytes")
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
 
 
 def _download(root: Path) -> str:
@@ -69,6 +88,8 @@ def _download(root: Path) -> str:
     removes the folders and partial files it made, so a failed run leaves nothing behind."""
     logger.info("Downloading MNIST into %s ...", root)
     existed = _existing_paths(root)
+    from torchvision import datasets  # slow to import, and only needed here
+
     chatter = io.StringIO()  # torchvision prints every mirror it tries
     try:
         with contextlib.redirect_stdout(chatter):
