@@ -1,7 +1,7 @@
 """Bad input through real processes: `python train.py ...` in a rendered project exits with
 status 2 and one `error:` line, prints no traceback and leaves the project as it was.
 
-The full catalogue (68 cases) runs in-process in the generated project's own
+The full catalogue (69 cases) runs in-process in the generated project's own
 tests/test_bad_inputs.py, which test_smoke_train.py runs; these cases prove that the same
 holds for a real interpreter, from process start to exit status.
 """

@@ -109,6 +109,8 @@ SCHEMA: dict[str, Key] = {
         "save_dir": Key((str,), "root folder of all runs", default="saved/"),
         "save_period": Key((int,), "write `checkpoint-epoch<N>.pth` every this many epochs", default=1,
                            check=_at_least(1)),
+        "keep_last": Key((int,), "keep only the newest this many `checkpoint-epoch<N>.pth` (`model_best.pth` "
+                         "and `latest.pth` are always kept); 0 keeps them all", default=0, check=_at_least(0)),
         "verbosity": Key((int,), "0: warnings only, 1: info, 2: debug", default=2, check=_one_of(0, 1, 2)),
         "monitor": Key((str,), "`off`, or `min <metric>` / `max <metric>` (e.g. `min val_loss`): "
                        "decides `model_best.pth` and early stopping",

@@ -28,6 +28,23 @@ def read_json(path: Path) -> Any:
         raise InputError(f"config '{path}': invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
 
+LATEST = "latest"  # `-r latest`: the newest run of the config
+
+
+def newest_run_checkpoint(config_path: Path) -> Path:
+    """`latest.pth` of the newest run (by that file's modification time) under the config's
+    `<save_dir>/<name>/`."""
+    config = validate(read_json(config_path))
+    runs = Path(config["trainer"]["save_dir"]) / config["name"]
+    candidates = sorted(runs.glob("*/latest.pth"), key=lambda path: path.stat().st_mtime_ns)
+    if not candidates:
+        raise InputError(
+            f"-r {LATEST}: no run of config '{config_path}' has a latest.pth under '{runs}'; "
+            f"start one with -c {config_path}"
+        )
+    return candidates[-1]
+
+
 def apply_override(config: dict[str, Any], override: str) -> None:
     """Set one dotted key from `KEY=VALUE`, e.g. `trainer.epochs=5` or `optimizer.args.lr=0.01`.
 
@@ -74,7 +91,11 @@ def command_line_parser(description: str) -> CommandLineParser:
     """The parser with the options shared by train.py and test.py."""
     parser = CommandLineParser(description=description)
     parser.add_argument("-c", "--config", help="config file (JSON)")
-    parser.add_argument("-r", "--resume", help="checkpoint to resume from (train) or evaluate (test)")
+    parser.add_argument(
+        "-r", "--resume",
+        help=f"checkpoint to resume from (train) or evaluate (test); '{LATEST}': latest.pth of the newest run "
+        "of the config (-c, default config.json)",
+    )
     parser.add_argument(
         "-d", "--device", type=gpu_indices, help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)"
     )
@@ -113,9 +134,12 @@ class ConfigParser:
             os.environ["CUDA_VISIBLE_DEVICES"] = args.device
         checkpoint = None
         resume_path = Path(args.resume) if args.resume else None
+        resume_latest = args.resume == LATEST
+        if resume_latest:
+            resume_path = newest_run_checkpoint(Path(args.config or "config.json"))
         if resume_path is not None:
             checkpoint = load_checkpoint(resume_path)
-        if args.config:
+        if args.config and not resume_latest:
             config = read_json(Path(args.config))
         elif checkpoint is not None:
             config = copy.deepcopy(checkpoint["config"])  # overrides must not rewrite the checkpoint's record
@@ -134,7 +158,7 @@ class ConfigParser:
             config,
             checkpoint=checkpoint,
             resume_path=resume_path,
-            fine_tune=bool(args.config and resume_path),
+            fine_tune=bool(args.config and resume_path and not resume_latest),
             run_id=getattr(args, "run_id", None),
         )
 

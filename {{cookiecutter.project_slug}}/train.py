@@ -16,7 +16,7 @@ import model.model as module_arch
 from logger import setup_logging
 from parse_config import ConfigParser, command_line_parser, folder_name, lookup
 from trainer import Trainer
-from utils import InputError, prepare_device, seed_everything
+from utils import InputError, TrainingInterrupted, prepare_device, seed_everything
 
 logger = logging.getLogger("train")
 
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(exc, file=sys.stderr)
+        return 128 + exc.signal_number
     return 0
 
 

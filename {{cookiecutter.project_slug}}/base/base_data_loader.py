@@ -1,10 +1,11 @@
 """Base class of every data loader in data_loader/: a DataLoader with a validation split."""
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
 from utils.errors import InputError
@@ -14,12 +15,54 @@ from utils.errors import InputError
 SPLIT_SEED = 0
 
 
+class EpochBatches(Sampler[list[int]]):
+    """The batches of one epoch: `indices` in an order that depends only on (`seed`, epoch) when
+    shuffling, cut into batches of `batch_size`, the first `skip` batches left out.
+
+    Because the order is a function of the epoch rather than of a generator's running state,
+    a resumed run (at an epoch boundary or in the middle of one, skipping the batches already
+    trained on) sees exactly the batches that an uninterrupted run sees.
+    """
+
+    def __init__(self, indices: list[int], batch_size: int, shuffle: bool, seed: int) -> None:
+        self.indices = indices
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 1
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch() - self.skip, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.indices
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=generator).tolist()]
+        for start in range(self.skip * self.batch_size, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed for each epoch of a run, spread so that neighbouring epochs are unrelated."""
+    return (seed * 1_000_003 + epoch * 7_919) % 2**63
+
+
 class BaseDataLoader(DataLoader):
     """Loads `dataset` in batches, holding out `validation_split` of it (a fraction in [0, 1)
     or a number of samples) for `split_validation()`.
 
-    Shuffling draws from `self.generator`, a torch.Generator seeded from the global torch RNG
-    (so `trainer.seed` fixes it); the trainer saves and restores its state on resume.
+    The training batches come from an `EpochBatches` sampler whose `seed` is drawn from the
+    global torch RNG (so `trainer.seed` fixes it) and saved in checkpoints; the trainer calls
+    `set_epoch(epoch, skip)` before every epoch. The generator of worker seeds is reseeded every
+    epoch too, so random augmentations in worker processes also depend only on (seed, epoch).
     """
 
     def __init__(
@@ -32,26 +75,50 @@ class BaseDataLoader(DataLoader):
         collate_fn: Callable[[list], Any] = default_collate,
         pin_memory: bool | None = None,
     ) -> None:
-        train_indices, self.valid_indices = _split(len(dataset), validation_split)
-        generator = torch.Generator()
-        generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-        sampler = SubsetRandomSampler(train_indices, generator=generator) if shuffle else train_indices
+        self.train_indices, self.valid_indices = _split(len(dataset), validation_split)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.batches = EpochBatches(self.train_indices, batch_size, shuffle, seed)
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
+        # Tensors in memory are fetched a batch at a time (one indexing per tensor) rather than
+        # sample by sample and stacked by the collate function: the same batches, far cheaper.
+        self._whole_batches = isinstance(dataset, TensorDataset) and collate_fn is default_collate
         self._loader_args = {
-            "batch_size": batch_size,
             "num_workers": num_workers,
-            "collate_fn": collate_fn,
+            "collate_fn": None if self._whole_batches else collate_fn,
             "pin_memory": pin_memory,
-            "persistent_workers": num_workers > 0,
         }
-        super().__init__(dataset, sampler=sampler, generator=generator, **self._loader_args)
+        super().__init__(dataset, generator=torch.Generator(), **self._batching(self.batches), **self._loader_args)
+
+    @property
+    def seed(self) -> int:
+        return self.batches.seed
+
+    @seed.setter
+    def seed(self, seed: int) -> None:
+        self.batches.seed = seed
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Serve the batches of `epoch`, leaving out its first `skip` (already trained on)."""
+        self.batches.set_epoch(epoch, skip)
+        assert self.generator is not None
+        self.generator.manual_seed(epoch_seed(self.seed + 1, epoch))
+
+    def batches_per_epoch(self) -> int:
+        return self.batches.batches_per_epoch()
+
+    def _batching(self, batches: Iterable[list[int]]) -> dict[str, Any]:
+        if self._whole_batches:
+            return {"sampler": batches, "batch_size": None}
+        return {"batch_sampler": batches}
 
     def split_validation(self) -> DataLoader | None:
         """A loader over the held-out samples, in a fixed order; None without a split."""
         if not self.valid_indices:
             return None
-        return DataLoader(self.dataset, sampler=self.valid_indices, **self._loader_args)
+        batches = EpochBatches(self.valid_indices, self.batches.batch_size, shuffle=False, seed=0)
+        # its own generator (of worker seeds), so that validating draws nothing from the global RNG
+        return DataLoader(self.dataset, generator=torch.Generator(), **self._batching(batches), **self._loader_args)
 
 
 def _split(n_samples: int, validation_split: float | int) -> tuple[list[int], list[int]]:

@@ -2,10 +2,14 @@
 
 import logging
 import math
+import signal
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -14,7 +18,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from logger import MetricsCSV, TensorboardWriter, add_file_handler, remove_handler
 from parse_config import ConfigParser
 from utils.checkpoint import FORMAT_VERSION, CheckpointSaver, load_weights, unwrap_model
-from utils.errors import InputError
+from utils.errors import InputError, TrainingInterrupted
 from utils.seed import rng_state, set_rng_state
 
 logger = logging.getLogger("trainer")
@@ -62,7 +66,11 @@ class BaseTrainer(ABC):
         self.monitor_best = math.inf if self.monitor_mode == "min" else -math.inf
         self.not_improved_count = 0
         self.start_epoch = 1
+        self.start_batch = 0  # batches of start_epoch trained before an interruption
+        self.resumed_epoch_metrics: dict[str, Any] | None = None  # their running metrics
+        self.batches_done = 0  # of the current epoch; the subclass keeps it up to date
         self.global_step = 0
+        self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during train()
 
     def check_monitor(self, logged_keys: list[str]) -> None:
         """Refuse a monitored metric that the trainer will never log."""
@@ -97,40 +105,86 @@ class BaseTrainer(ABC):
         self.global_step += 1
 
     @abstractmethod
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
-        """Train (and validate) one epoch; return its metrics (`loss`, ..., `val_loss`, ...)."""
+    def _train_epoch(self, epoch: int) -> dict[str, float] | None:
+        """Train (and validate) one epoch; return its metrics (`loss`, ..., `val_loss`, ...).
+
+        Start at batch `self.start_batch` when `epoch` is `self.start_epoch`, keep
+        `self.batches_done` up to date, and return None as soon as `self.stop_signal` is set
+        after a batch: the trainer then saves `latest.pth` at that position."""
+
+    def _epoch_metrics_state(self) -> dict[str, Any] | None:
+        """The running metrics of an unfinished epoch, saved with an interruption (subclasses)."""
+        return None
 
     def train(self) -> dict[str, float]:
-        """Train to the last epoch (or early stop) and return the metrics of the last epoch."""
+        """Train to the last epoch (or early stop) and return the metrics of the last epoch.
+
+        SIGINT or SIGTERM stops training after the current batch: `latest.pth` is written with
+        the position inside the epoch and TrainingInterrupted is raised."""
         run_dir = self.config.make_run_dir()
-        file_handler = add_file_handler(run_dir / "train.log", self.config["trainer"]["verbosity"])
+        options = self.config["trainer"]
+        file_handler = add_file_handler(run_dir / "train.log", options["verbosity"])
         csv = MetricsCSV(run_dir / "metrics.csv", start_epoch=self.start_epoch)
-        writer = TensorboardWriter(run_dir, enabled=self.config["trainer"]["tensorboard"])
-        saver = CheckpointSaver(run_dir, self.config["trainer"]["save_period"])
-        if self.start_epoch > 1:
-            logger.info("Resuming from '%s' at epoch %d in %s", self.config.resume_path, self.start_epoch, run_dir)
+        writer = TensorboardWriter(run_dir, enabled=options["tensorboard"], start_epoch=self.start_epoch)
+        saver = CheckpointSaver(run_dir, options["save_period"], options["keep_last"])
+        if self.config.resuming:
+            logger.info("Resuming from '%s' at epoch %d with %d of its batches already trained, in %s",
+                        self.config.resume_path, self.start_epoch, self.start_batch, run_dir)
         else:
             logger.info("Run directory: %s", run_dir)
         log: dict[str, float] = {}
         try:
-            for epoch in range(self.start_epoch, self.epochs + 1):
-                lr = self.optimizer.param_groups[0]["lr"]
-                log = {"epoch": epoch, **self._train_epoch(epoch), "lr": lr}
-                self._step_scheduler(log)
-                summary = "  ".join(f"{key} {value:.6g}" for key, value in log.items() if key != "epoch")
-                logger.info("epoch %d: %s", epoch, summary)
-                csv.write(log)
-                writer.write_epoch(epoch, log)
-                is_best = self._update_monitor(log)
-                saver.save(self.state(epoch), epoch, is_best)
-                if self.early_stop and self.not_improved_count >= self.early_stop:
-                    logger.info("%s did not improve for %d epochs: stopping early.",
-                                self.monitor_metric, self.early_stop)
-                    break
+            with self._stop_on_signals():
+                for epoch in range(self.start_epoch, self.epochs + 1):
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    metrics = self._train_epoch(epoch)
+                    if metrics is None:  # a signal, in the middle of the epoch
+                        state = self.state(epoch - 1, self.batches_done)
+                        self._stop(saver.save_latest(state), f"in epoch {epoch} after {self.batches_done} batches")
+                    log = {"epoch": epoch, **metrics, "lr": lr}
+                    self._step_scheduler(log)
+                    summary = "  ".join(f"{key} {value:.6g}" for key, value in log.items() if key != "epoch")
+                    logger.info("epoch %d: %s", epoch, summary)
+                    csv.write(log)
+                    writer.write_epoch(epoch, log)
+                    is_best = self._update_monitor(log)
+                    saver.save(self.state(epoch), epoch, is_best)
+                    if self.early_stop and self.not_improved_count >= self.early_stop:
+                        logger.info("%s did not improve for %d epochs: stopping early.",
+                                    self.monitor_metric, self.early_stop)
+                        break
+                    if self.stop_signal is not None and epoch < self.epochs:
+                        self._stop(run_dir / "latest.pth", f"at the end of epoch {epoch}")
         finally:
             writer.close()
             remove_handler(file_handler)
         return log
+
+    def _stop(self, checkpoint: Path, where: str) -> NoReturn:
+        assert self.stop_signal is not None
+        name = signal.Signals(self.stop_signal).name
+        logger.warning("Stopped by %s %s; saved %s", name, where, checkpoint)
+        raise TrainingInterrupted(self.stop_signal, str(checkpoint))
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training, SIGINT and SIGTERM only set `stop_signal` (the loop stops after the
+        batch in hand); a second one stops at once. Signals work in the main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signal_number: int, frame: FrameType | None) -> None:
+            if self.stop_signal is not None:  # asked twice: stop now
+                raise SystemExit(128 + signal_number)
+            self.stop_signal = signal_number
+
+        previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, old_handler in previous.items():
+                signal.signal(number, old_handler)
 
     def _step_scheduler(self, log: dict[str, float]) -> None:
         if isinstance(self.lr_scheduler, ReduceLROnPlateau):
@@ -151,18 +205,19 @@ class BaseTrainer(ABC):
             self.not_improved_count += 1
         return improved
 
-    def _shuffle_generator(self) -> torch.Generator | None:
-        """The generator that shuffles the training data (a subclass's `data_loader`), if any."""
-        return getattr(getattr(self, "data_loader", None), "generator", None)
-
-    def state(self, epoch: int) -> dict[str, Any]:
-        """Everything the next epoch depends on, as plain data (loads with weights_only=True)."""
-        generator = self._shuffle_generator()
+    def state(self, epoch: int, batches_done: int = 0) -> dict[str, Any]:
+        """Everything the next batch depends on, as plain data (loads with weights_only=True).
+        `epoch` is the last finished epoch; `batches_done` > 0 marks an interruption after that
+        many batches of the next one, whose running metrics are saved too."""
+        loader = getattr(self, "data_loader", None)
         return {
             "format_version": FORMAT_VERSION,
             "arch": type(unwrap_model(self.model)).__name__,
             "epoch": epoch,
+            "batches_done": batches_done,
+            "epoch_metrics": self._epoch_metrics_state() if batches_done else None,
             "global_step": self.global_step,
+            "tensorboard_step": epoch,  # TensorBoard points are per epoch: the last one written
             "state_dict": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
@@ -170,7 +225,7 @@ class BaseTrainer(ABC):
             "monitor_best": self.monitor_best,
             "not_improved_count": self.not_improved_count,
             "rng": rng_state(),
-            "data_loader_generator": generator.get_state() if generator is not None else None,
+            "data_loader_seed": getattr(loader, "seed", None),
             "config": self.config.config,
         }
 
@@ -193,17 +248,20 @@ class BaseTrainer(ABC):
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         if self.scaler is not None and checkpoint.get("scaler") is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
-        if checkpoint["epoch"] >= self.epochs:
+        batches_done = checkpoint.get("batches_done", 0)
+        if checkpoint["epoch"] >= self.epochs and not batches_done:
             raise InputError(
                 f"checkpoint '{path}': the run already reached epoch {checkpoint['epoch']} of "
                 f"trainer.epochs {self.epochs}; to train longer, resume with -o trainer.epochs=N"
             )
         self.start_epoch = checkpoint["epoch"] + 1
+        self.start_batch = batches_done
+        self.resumed_epoch_metrics = checkpoint.get("epoch_metrics")
         self.global_step = checkpoint.get("global_step", 0)
         self.monitor_best = checkpoint.get("monitor_best", self.monitor_best)
         self.not_improved_count = checkpoint.get("not_improved_count", 0)
-        generator = self._shuffle_generator()
-        if generator is not None and checkpoint.get("data_loader_generator") is not None:
-            generator.set_state(checkpoint["data_loader_generator"])
+        loader = getattr(self, "data_loader", None)
+        if hasattr(loader, "seed") and checkpoint.get("data_loader_seed") is not None:
+            loader.seed = checkpoint["data_loader_seed"]
         if "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])

@@ -9,6 +9,7 @@ files. To add a case, add a `Case` to CATALOGUE.
 """
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,8 @@ CATALOGUE = [
          "MNIST not found in 'no_data/MNIST/raw': missing train-images-idx3-ubyte"),
     Case("data-dir-a-file", "data", ("-c", "config.json", "-o", "data_loader.args.data_dir=a_file"),
          "'data_loader.args.data_dir' is 'a_file', which is a file, not a folder"),
+    Case("mnist-file-damaged", "data", ("-c", "config.json", "-o", "data_loader.args.data_dir=damaged"),
+         "MNIST file 'damaged/MNIST/raw/train-images-idx3-ubyte' is damaged"),
     Case("dry-run-downloads-nothing", "data",
          ("-c", "config.json", "--dry-run", "-o", "data_loader.args.data_dir=no_data"),
          "MNIST not found in 'no_data/MNIST/raw'"),
@@ -206,6 +209,10 @@ def make_workspace(root: Path, mnist_dir: Path, good: bytes, edits: dict[str, An
     (root / "a_file").write_text("not a folder\n")
     (root / "saved" / "Mnist_LeNet" / "taken").mkdir(parents=True)
     (root / "saved" / "Mnist_LeNet" / "taken" / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    damaged = root / "damaged" / "MNIST" / "raw"
+    shutil.copytree(mnist_dir / "MNIST" / "raw", damaged)
+    images = damaged / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])  # a download cut short
     (root / "good.pth").write_bytes(good)
     (root / "truncated.pth").write_bytes(good[: len(good) // 2])
     (root / "notes.pth").write_text("my notes, not a checkpoint\n")

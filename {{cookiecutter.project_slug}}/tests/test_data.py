@@ -1,10 +1,13 @@
 """The data loader: validation split, determinism, the MNIST tensors."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import Dataset
 
+from base import BaseDataLoader
 from data_loader import MnistDataLoader
 from utils.errors import InputError
 
@@ -18,15 +21,56 @@ def test_validation_split_is_fixed_whatever_the_seed(mnist_dir: Path) -> None:
     valid = first.split_validation()
     assert valid is not None and sum(len(target) for _, target in valid) == 40
     assert sum(len(target) for _, target in first) == 360
-    assert not set(first.valid_indices) & set(first.sampler.indices)
+    assert not set(first.valid_indices) & set(first.train_indices)
 
 
-def test_shuffle_order_follows_the_generator(mnist_dir: Path) -> None:
-    loader = MnistDataLoader(str(mnist_dir), batch_size=400)
-    state = loader.generator.get_state()
-    first = next(iter(loader))[1]
-    loader.generator.set_state(state)
-    assert torch.equal(next(iter(loader))[1], first)
+def test_the_batch_order_depends_on_the_seed_and_epoch_only(mnist_dir: Path) -> None:
+    loader = MnistDataLoader(str(mnist_dir), batch_size=50)
+
+    def labels(epoch: int, skip: int = 0) -> list[torch.Tensor]:
+        loader.set_epoch(epoch, skip)
+        return [target for _, target in loader]
+
+    first = labels(1)
+    assert len(first) == loader.batches_per_epoch() == 8
+    labels(2)
+    again = labels(1)  # epoch 1 again, after another epoch: the same batches
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, labels(2), strict=True))
+    rest = labels(1, skip=3)  # a resume after 3 batches serves the other 5
+    assert len(rest) == len(loader) == 5
+    assert all(torch.equal(a, b) for a, b in zip(first[3:], rest, strict=True))
+    loader.seed += 1
+    assert not all(torch.equal(a, b) for a, b in zip(first, labels(1), strict=True))
+
+
+class SampleBySample(Dataset):
+    """The same samples, but not a TensorDataset: loaded one by one and collated."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_whole_batch_fetching_gives_the_batches_of_sample_by_sample_loading(mnist_dir: Path, shuffle: bool) -> None:
+    tensors = MnistDataLoader(str(mnist_dir), batch_size=32).dataset
+    loaders = []
+    for dataset in (tensors, SampleBySample(tensors)):
+        torch.manual_seed(7)  # the shuffle generator is seeded from the global RNG
+        loaders.append(BaseDataLoader(dataset, batch_size=48, shuffle=shuffle, validation_split=0.1, num_workers=0))
+    fast, slow = loaders
+    assert fast._whole_batches and not slow._whole_batches
+    for fast_loader, slow_loader in ((fast, slow), (fast.split_validation(), slow.split_validation())):
+        fast_batches, slow_batches = list(fast_loader), list(slow_loader)
+        assert len(fast_batches) == len(slow_batches) == len(fast_loader)
+        for (data, target), (data_slow, target_slow) in zip(fast_batches, slow_batches, strict=True):
+            assert torch.equal(data, data_slow) and torch.equal(target, target_slow)
 
 
 def test_images_are_normalised_tensors(mnist_dir: Path) -> None:

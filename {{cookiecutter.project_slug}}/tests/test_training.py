@@ -48,20 +48,21 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
 
 
 def test_train_fills_the_run_directory(make_config: ConfigFactory, tmp_path: Path) -> None:
-    config = make_config(trainer__epochs=3, trainer__save_period=2)
+    config = make_config(trainer__epochs=4, trainer__save_period=2)
     result = run(config)
     run_dir = tmp_path / "saved" / "Mnist_LeNet" / "run"
     names = {path.name for path in run_dir.iterdir() if not path.name.startswith("events.out.tfevents")}
-    assert names == {"config.json", "train.log", "metrics.csv", "checkpoint-epoch2.pth", "model_best.pth", "latest.pth"}
+    assert names == {"config.json", "train.log", "metrics.csv", "checkpoint-epoch2.pth", "checkpoint-epoch4.pth",
+                     "model_best.pth", "latest.pth"}
     assert any(path.name.startswith("events.out.tfevents") for path in run_dir.iterdir())
     rows = read_metrics(run_dir)
-    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4"]
     assert list(rows[0]) == ["epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy",
                              "val_top_k_acc", "lr"]
     assert float(rows[-1]["val_accuracy"]) == result["val_accuracy"]
     assert result["val_accuracy"] >= 0.9  # the synthetic classes are easy
     checkpoint = torch.load(run_dir / "latest.pth", weights_only=True)
-    assert checkpoint["epoch"] == 3 and checkpoint["arch"] == "MnistModel"
+    assert checkpoint["epoch"] == 4 and checkpoint["arch"] == "MnistModel"
     assert checkpoint["config"] == json.loads((run_dir / "config.json").read_text())
     assert "Run directory" in (run_dir / "train.log").read_text()
 

@@ -48,9 +48,10 @@ class Trainer(BaseTrainer):
     def _to_device(self, data: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return data.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
 
-    def _progress(self, loader: DataLoader, description: str) -> tqdm:
+    def _progress(self, loader: DataLoader, description: str, done: int = 0) -> tqdm:
+        """A progress bar over `loader`, which serves what is left after `done` batches."""
         return tqdm(loader, desc=description, leave=False, disable=not self.show_progress,
-                    dynamic_ncols=True, mininterval=0.5)
+                    dynamic_ncols=True, mininterval=0.5, initial=done, total=done + len(loader))
 
     def _update(self, tracker: MetricTracker, loss: torch.Tensor, output: torch.Tensor,
                 target: torch.Tensor) -> None:
@@ -75,30 +76,46 @@ class Trainer(BaseTrainer):
             loss = self.criterion(output, target)
         self._update(self.valid_metrics, loss, output, target)
 
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
+    def _train_epoch(self, epoch: int) -> dict[str, float] | None:
+        skip = self.start_batch if epoch == self.start_epoch else 0
+        if hasattr(self.data_loader, "set_epoch"):
+            self.data_loader.set_epoch(epoch, skip)
         self.model.train()
         self.train_metrics.reset()
-        bar = self._progress(self.data_loader, f"epoch {epoch}/{self.epochs} train")
-        for batch_idx, (data, target) in enumerate(bar):
-            self._train_batch(data, target)
-            if self.show_progress and batch_idx % BAR_REFRESH_BATCHES == 0:
-                bar.set_postfix(loss=f"{self.train_metrics.average('loss'):.4f}", refresh=False)
-        bar.close()
+        if skip and self.resumed_epoch_metrics is not None:
+            self.train_metrics.load_state(self.resumed_epoch_metrics, self.device)
+        self.batches_done = skip
+        description = f"epoch {epoch}/{self.epochs} train"
+        with self._progress(self.data_loader, description, skip) as bar:
+            for data, target in bar:
+                self._train_batch(data, target)
+                self.batches_done += 1
+                if self.stop_signal is not None:
+                    return None
+                if self.show_progress and self.batches_done % BAR_REFRESH_BATCHES == 1:
+                    bar.set_postfix(loss=f"{self.train_metrics.average('loss'):.4f}", refresh=False)
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
-            log.update({f"val_{key}": value for key, value in self._valid_epoch(epoch).items()})
+            valid = self._valid_epoch(epoch)
+            if valid is None:
+                return None
+            log.update({f"val_{key}": value for key, value in valid.items()})
         return log
 
     @torch.no_grad()
-    def _valid_epoch(self, epoch: int) -> dict[str, float]:
+    def _valid_epoch(self, epoch: int) -> dict[str, float] | None:
         assert self.valid_data_loader is not None
         self.model.eval()
         self.valid_metrics.reset()
-        bar = self._progress(self.valid_data_loader, f"epoch {epoch}/{self.epochs} valid")
-        for data, target in bar:
-            self._valid_batch(data, target)
-        bar.close()
+        with self._progress(self.valid_data_loader, f"epoch {epoch}/{self.epochs} valid") as bar:
+            for data, target in bar:
+                self._valid_batch(data, target)
+                if self.stop_signal is not None:  # validation is redone on resume
+                    return None
         return self.valid_metrics.result()
+
+    def _epoch_metrics_state(self) -> dict[str, Any]:
+        return self.train_metrics.state()
 
     def dry_run(self) -> dict[str, float]:
         """One training batch and one validation batch, to prove that everything fits together;

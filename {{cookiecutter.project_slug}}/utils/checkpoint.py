@@ -12,7 +12,7 @@ from torch import nn
 from utils.errors import InputError
 
 # Bump when the layout of the dict changes; a checkpoint newer than this is refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "arch", "epoch", "state_dict", "config")
 
 
@@ -49,12 +49,16 @@ def _write_atomic(data: bytes, path: Path) -> None:
 
 
 class CheckpointSaver:
-    """Writes `checkpoint-epoch<N>.pth` every `save_period` epochs, `model_best.pth` whenever
-    the monitored metric improved and `latest.pth` after every epoch."""
+    """Writes `checkpoint-epoch<N>.pth` every `save_period` epochs (keeping only the newest
+    `keep_last` of them unless it is 0), `model_best.pth` whenever the monitored metric
+    improved and `latest.pth` after every epoch and on interruption."""
 
-    def __init__(self, run_dir: Path, save_period: int) -> None:
+    def __init__(self, run_dir: Path, save_period: int, keep_last: int = 0) -> None:
         self.run_dir = run_dir
         self.save_period = save_period
+        self.keep_last = keep_last
+        for stale in run_dir.glob(".*.pth.*.tmp"):  # left by a process killed while writing
+            stale.unlink(missing_ok=True)
 
     def save(self, state: dict[str, Any], epoch: int, is_best: bool) -> list[Path]:
         """Serialise `state` once and write it to every file due this epoch; returns those paths."""
@@ -69,7 +73,28 @@ class CheckpointSaver:
         paths = [self.run_dir / name for name in names]
         for path in paths:
             _write_atomic(data, path)
+        self._drop_old_periodic()
         return paths
+
+    def save_latest(self, state: dict[str, Any]) -> Path:
+        """Write `latest.pth` only (an interruption in the middle of an epoch)."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        path = self.run_dir / "latest.pth"
+        _write_atomic(buffer.getvalue(), path)
+        return path
+
+    def _drop_old_periodic(self) -> None:
+        if self.keep_last <= 0:
+            return
+        periodic = sorted(self.run_dir.glob("checkpoint-epoch*.pth"), key=_epoch_of)
+        for old in periodic[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+
+
+def _epoch_of(path: Path) -> int:
+    digits = path.stem.removeprefix("checkpoint-epoch")
+    return int(digits) if digits.isdigit() else -1
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -102,8 +127,17 @@ def load_weights(model: nn.Module, checkpoint: dict[str, Any], arch: str, path: 
     whose tensors do not fit."""
     if checkpoint["arch"] != arch:
         raise InputError(f"checkpoint '{path}': saved for arch '{checkpoint['arch']}', the config builds '{arch}'")
+    state_dict = {_strip_wrappers(key): value for key, value in checkpoint["state_dict"].items()}
     try:
-        unwrap_model(model).load_state_dict(checkpoint["state_dict"])
+        unwrap_model(model).load_state_dict(state_dict)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         raise InputError(f"checkpoint '{path}': weights do not fit the model ({detail[:300]})") from None
+
+
+def _strip_wrappers(key: str) -> str:
+    """A state_dict key without the `module.` (DataParallel, DDP) and `_orig_mod.`
+    (torch.compile) prefixes that files saved by other code may carry."""
+    while key.startswith(("module.", "_orig_mod.")):
+        key = key.partition(".")[2]
+    return key

@@ -8,3 +8,12 @@ class InputError(Exception):
     without a traceback: the message must name the key or file, the bad value and
     what is expected. Bugs in user code are *not* InputErrors and keep their traceback.
     """
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal (SIGINT, SIGTERM) after saving `latest.pth`; train.py exits
+    with 128 + the signal number, as a shell reports a process killed by that signal."""
+
+    def __init__(self, signal_number: int, checkpoint: str) -> None:
+        super().__init__(f"interrupted by signal {signal_number}; resume with: python train.py -r {checkpoint}")
+        self.signal_number = signal_number

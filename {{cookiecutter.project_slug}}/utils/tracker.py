@@ -1,5 +1,7 @@
 """Sample-weighted running averages of named metrics."""
 
+from typing import Any
+
 import torch
 
 
@@ -31,3 +33,13 @@ class MetricTracker:
 
     def result(self) -> dict[str, float]:
         return {key: self.average(key) for key in self.keys}
+
+    def state(self) -> dict[str, Any]:
+        """The running sums and counts, for a checkpoint written in the middle of an epoch."""
+        sums = {key: value.cpu() if isinstance(value, torch.Tensor) else value for key, value in self._sums.items()}
+        return {"sums": sums, "counts": dict(self._counts)}
+
+    def load_state(self, state: dict[str, Any], device: torch.device) -> None:
+        self._sums = {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                      for key, value in state["sums"].items()}
+        self._counts = dict(state["counts"])

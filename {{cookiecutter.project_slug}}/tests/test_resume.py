@@ -1,0 +1,136 @@
+"""Interruption and exact resume, in-process: a signal in the middle of an epoch (or of its
+validation) saves latest.pth at that batch, and resuming from it ends bitwise where an
+uninterrupted run ends; keep_last; `-r latest`."""
+
+import csv
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import train
+from parse_config import ConfigParser
+from trainer import Trainer
+from utils.errors import TrainingInterrupted
+
+ConfigFactory = Callable[..., dict[str, Any]]
+
+
+def run_dir(tmp_path: Path, run_id: str) -> Path:
+    return tmp_path / "saved" / "Mnist_LeNet" / run_id
+
+
+def final_state(path: Path) -> dict[str, Any]:
+    return torch.load(path / "latest.pth", weights_only=True)
+
+
+def assert_same_tensors(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def metrics_rows(path: Path) -> list[dict[str, str]]:
+    with (path / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def signal_after(monkeypatch: pytest.MonkeyPatch, method: str, calls: int, number: int = signal.SIGTERM) -> None:
+    """Deliver `number` to this process right after the `calls`-th call of Trainer.`method`
+    (`_train_batch` or `_valid_batch`), as a scheduler's SIGTERM would arrive mid-epoch."""
+    original = getattr(Trainer, method)
+    count = 0
+
+    def wrapped(self: Trainer, *args: Any) -> None:
+        nonlocal count
+        original(self, *args)
+        count += 1
+        if count == calls:
+            signal.raise_signal(number)
+
+    monkeypatch.setattr(Trainer, method, wrapped)
+
+
+@pytest.mark.parametrize(
+    ("method", "calls", "num_workers", "batches_done"),
+    [
+        ("_train_batch", 17, 0, 5),  # 12 batches per epoch: stops in epoch 2 after 5 of them
+        ("_train_batch", 17, 2, 5),  # the same with two worker processes
+        ("_valid_batch", 3, 0, 12),  # stops in epoch 2's validation: its training is done
+    ],
+)
+def test_a_signal_mid_epoch_saves_the_position_and_the_resume_is_bitwise(
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    method: str, calls: int, num_workers: int, batches_done: int,
+) -> None:
+    config = make_config(trainer__epochs=3)
+    config["data_loader"]["args"]["num_workers"] = num_workers
+    train.train(ConfigParser(json.loads(json.dumps(config)), run_id="straight"))
+
+    with monkeypatch.context() as patch:
+        signal_after(patch, method, calls)
+        with pytest.raises(TrainingInterrupted) as stopped:
+            train.train(ConfigParser(json.loads(json.dumps(config)), run_id="stopped"))
+    assert stopped.value.signal_number == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    stopped_dir = run_dir(tmp_path, "stopped")
+    checkpoint = final_state(stopped_dir)
+    assert (checkpoint["epoch"], checkpoint["batches_done"]) == (1, batches_done)
+    assert [row["epoch"] for row in metrics_rows(stopped_dir)] == ["1"]
+
+    assert train.main(["-r", str(stopped_dir / "latest.pth")]) == 0
+    log = (stopped_dir / "train.log").read_text()
+    assert "Stopped by SIGTERM in epoch 2" in log
+    assert f"at epoch 2 with {batches_done} of its batches already trained" in log
+    straight_dir = run_dir(tmp_path, "straight")
+    expected, actual = final_state(straight_dir), final_state(stopped_dir)
+    assert_same_tensors(expected["state_dict"], actual["state_dict"])
+    assert expected["optimizer"]["state"].keys() == actual["optimizer"]["state"].keys()
+    for key, value in expected["optimizer"]["state"].items():
+        assert_same_tensors(value, actual["optimizer"]["state"][key])
+    assert torch.equal(expected["rng"]["torch"], actual["rng"]["torch"])
+    assert metrics_rows(stopped_dir) == metrics_rows(straight_dir)  # epoch 2's row too, every digit
+
+
+def test_sigint_exits_with_130_and_a_resume_hint(
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(make_config(trainer__epochs=2)))
+    signal_after(monkeypatch, "_train_batch", 3, signal.SIGINT)
+    assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "x"]) == 130
+    latest = run_dir(tmp_path, "x") / "latest.pth"
+    assert f"resume with: python train.py -r {latest}" in capsys.readouterr().err
+    assert final_state(latest.parent)["batches_done"] == 3
+
+
+def test_keep_last_keeps_the_newest_periodic_checkpoints_and_always_best_and_latest(
+    make_config: ConfigFactory, tmp_path: Path,
+) -> None:
+    # 'max loss' improves only in epoch 1 (the loss falls), so model_best.pth is epoch 1's
+    train.train(ConfigParser(make_config(trainer__epochs=4, trainer__keep_last=2, trainer__monitor="max loss",
+                                         trainer__early_stop=0), run_id="k"))
+    names = sorted(path.name for path in run_dir(tmp_path, "k").glob("*.pth"))
+    assert names == ["checkpoint-epoch3.pth", "checkpoint-epoch4.pth", "latest.pth", "model_best.pth"]
+    assert torch.load(run_dir(tmp_path, "k") / "model_best.pth", weights_only=True)["epoch"] == 1
+
+
+def test_resume_latest_picks_the_newest_run_of_the_config(make_config: ConfigFactory, tmp_path: Path) -> None:
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(make_config(trainer__epochs=1)))
+    assert train.main(["-c", str(config_file), "--run-id", "older"]) == 0
+    assert train.main(["-c", str(config_file), "--run-id", "newer"]) == 0
+    older_before = (run_dir(tmp_path, "older") / "latest.pth").read_bytes()
+    assert train.main(["-r", "latest", "-c", str(config_file), "-o", "trainer.epochs=2"]) == 0
+    assert [row["epoch"] for row in metrics_rows(run_dir(tmp_path, "newer"))] == ["1", "2"]
+    assert (run_dir(tmp_path, "older") / "latest.pth").read_bytes() == older_before
+
+
+def test_stray_temp_files_of_a_killed_writer_are_removed(make_config: ConfigFactory, tmp_path: Path) -> None:
+    train.train(ConfigParser(make_config(trainer__epochs=1), run_id="t"))
+    stray = run_dir(tmp_path, "t") / ".latest.pth.abc123.tmp"
+    stray.write_bytes(b"half a checkpoint")
+    assert train.main(["-r", str(run_dir(tmp_path, "t") / "latest.pth"), "-o", "trainer.epochs=2"]) == 0
+    assert not stray.exists()
