@@ -1,6 +1,7 @@
 """Speed benchmark: the rendered project's `train.py` against a bare PyTorch loop, on full-size MNIST.
 
     python bench/bench.py [--epochs N] [--repeats R] [--out DIR] [--device cpu|cuda] [--threads T] [--json PATH]
+                          [-o KEY=VALUE ...]   (more config overrides for ours, e.g. to time num_workers 2)
 
 Defaults: 2 epochs, 3 repeats, out build/bench (in the repository), device cuda when available
 else cpu. On 2 CPU cores (torch 2.14) an epoch takes about 15 s in either loop and a 2-epoch run
@@ -136,10 +137,10 @@ def prepare(out: Path) -> tuple[Path, Path]:
     return project, data_dir
 
 
-def ours_train_args(data_dir: Path, epochs: int, run_id: str) -> list[str]:
-    """The arguments of the project's train.py for one benchmark run."""
+def ours_train_args(data_dir: Path, epochs: int, run_id: str, overrides: tuple[str, ...] = ()) -> list[str]:
+    """The arguments of the project's train.py for one benchmark run (`overrides`: more -o)."""
     return ["-c", "config.json", "-o", f"trainer.epochs={epochs}",
-            "-o", f"data_loader.args.data_dir={data_dir}", "--run-id", run_id]
+            "-o", f"data_loader.args.data_dir={data_dir}", *(f"-o{item}" for item in overrides), "--run-id", run_id]
 
 
 # --------------------------------------------------------------------------- timers (children)
@@ -355,9 +356,9 @@ def run_child(which: str, code: str, cwd: Path, env: dict[str, str], log: Path, 
 
 
 def run_ours(project: Path, data_dir: Path, epochs: int, repeat: int, env: dict[str, str],
-             logs: Path) -> dict[str, Any]:
+             logs: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     run_id = f"bench-r{repeat}"
-    args = ours_train_args(data_dir, epochs, run_id)
+    args = ours_train_args(data_dir, epochs, run_id, overrides)
     timings = logs / f"ours-r{repeat}.json"
     code = child_code(f"ours_worker({args!r}, {str(timings)!r})")
     result = run_child("ours", code, project, env, logs / f"ours-r{repeat}.log", timings)
@@ -460,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both (default: torch's default)")
     parser.add_argument("--json", type=Path, help="also write the runs and the summary to this JSON file")
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="also pass -o KEY=VALUE to ours (e.g. data_loader.args.num_workers=2, to measure another setting)",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--epochs, --repeats and --threads must be 1 or more")
@@ -471,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is available")
     out = args.out.resolve()
+    overrides = tuple(args.override)
     command = shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     print(f"command: {command}")
     print(f"machine: {machine(device, args.threads)}")
@@ -483,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"project: {project}")
     print(f"data:    {data_dir / 'MNIST' / 'raw'}: {N_TRAIN:,} train / {N_TEST:,} test images "
           "(the 5,000 real sample digits, cycled); 54,000 train / 6,000 validation per epoch")
-    example = shlex.join(["python", "train.py", *ours_train_args(data_dir, args.epochs, "bench-r<N>")])
+    example = shlex.join(["python", "train.py", *ours_train_args(data_dir, args.epochs, "bench-r<N>", overrides)])
     print(f"ours:    {example}  (in {project.name}/, timing shim around it)")
     print(f"bare:    bench.bare_worker (LeNet, Adam amsgrad, batch {BATCH_SIZE}, no framework)")
 
@@ -494,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         for which in order:
             print(f"repeat {repeat}/{args.repeats}: {which} ...", flush=True)
             if which == "ours":
-                run = run_ours(project, data_dir, args.epochs, repeat, env, logs)
+                run = run_ours(project, data_dir, args.epochs, repeat, env, logs, overrides)
             else:
                 run = run_bare(data_dir, args.epochs, repeat, device, env, logs)
             run["repeat"] = repeat

@@ -50,6 +50,7 @@ def test_the_refusal_is_one_line_naming_the_answer(tmp_path: Path, answers: dict
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.stderr
 
 
 def cookiecutter_cli(out: Path, *answers: str) -> subprocess.CompletedProcess[str]:

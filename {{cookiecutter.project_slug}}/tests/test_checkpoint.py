@@ -41,3 +41,22 @@ def test_wrapped_models_save_keys_without_prefixes() -> None:
     wrapped = nn.DataParallel(model)
     assert unwrap_model(wrapped) is model
     assert not any(key.startswith("module.") for key in minimal_state(wrapped)["state_dict"])
+
+
+def test_weights_saved_with_wrapper_prefixes_by_other_code_still_load(tmp_path: Path) -> None:
+    source = MnistModel()
+    state = minimal_state(source)
+    state["state_dict"] = {f"module._orig_mod.{key}": value for key, value in state["state_dict"].items()}
+    torch.save(state, tmp_path / "wrapped.pth")
+    target = MnistModel()
+    load_weights(target, load_checkpoint(tmp_path / "wrapped.pth"), "MnistModel", tmp_path / "wrapped.pth")
+    pairs = zip(source.state_dict().values(), target.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_keep_last_deletes_only_older_periodic_checkpoints(tmp_path: Path) -> None:
+    saver = CheckpointSaver(tmp_path, save_period=1, keep_last=2)
+    for epoch in range(1, 13):  # past 10, so that epoch 10 must not sort before epoch 9
+        saver.save(minimal_state(MnistModel(), epoch), epoch, is_best=epoch == 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-epoch11.pth", "checkpoint-epoch12.pth", "latest.pth", "model_best.pth"]
