@@ -18,7 +18,7 @@ EXPECTED_FILES = {
     "utils/__init__.py", "utils/checkpoint.py", "utils/device.py", "utils/errors.py", "utils/seed.py",
     "utils/tracker.py",
     "tests/conftest.py", "tests/test_bad_inputs.py", "tests/test_checkpoint.py", "tests/test_config.py",
-    "tests/test_data.py", "tests/test_resume.py",
+    "tests/test_data.py", "tests/test_resume.py", "tests/test_scaling.py", "utils/distributed.py",
     "tests/test_training.py",
 }
 

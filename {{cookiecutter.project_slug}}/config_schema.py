@@ -122,6 +122,8 @@ SCHEMA: dict[str, Key] = {
                     default=123),
         "precision": Key((str,), "'fp32', 'bf16' (autocast on CPU and CUDA) or 'fp16' (CUDA only, "
                          "with a gradient scaler)", default="fp32", check=_one_of("fp32", "bf16", "fp16")),
+        "accumulate_grad_batches": Key((int,), "step the optimizer every this many batches, on the mean of "
+                                       "their gradients", default=1, check=_at_least(1)),
         "clip_grad_norm": Key((int, float, type(None)), "clip the gradient norm to this value; null for no "
                               "clipping", default=None, check=lambda v: None if v is None or v > 0 else "must be > 0"),
     }),

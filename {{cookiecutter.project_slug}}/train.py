@@ -16,7 +16,7 @@ import model.model as module_arch
 from logger import setup_logging
 from parse_config import ConfigParser, command_line_parser, folder_name, lookup
 from trainer import Trainer
-from utils import InputError, TrainingInterrupted, prepare_device, seed_everything
+from utils import InputError, TrainingInterrupted, distributed, prepare_device, seed_everything
 
 logger = logging.getLogger("train")
 
@@ -27,10 +27,12 @@ SHORTCUTS = {"lr": "optimizer.args.lr", "bs": "data_loader.args.batch_size"}
 def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     """Build the data loaders, model, loss, metrics, optimizer, scheduler and trainer that the
     config describes. Every input mistake surfaces here as an InputError; nothing is written."""
-    setup_logging(config["trainer"]["verbosity"])
-    if config["trainer"]["seed"] is not None:
-        seed_everything(config["trainer"]["seed"])
-    device, device_ids = prepare_device(config["n_gpu"])
+    ddp_device = distributed.init_distributed()  # None unless launched by torchrun
+    setup_logging(config["trainer"]["verbosity"] if distributed.is_main() else 0)  # other ranks: warnings only
+    seed = config["trainer"]["seed"]
+    if seed is not None:
+        seed_everything(seed)  # the same on every rank: the same initial model
+    device, device_ids = (ddp_device, []) if ddp_device is not None else prepare_device(config["n_gpu"])
 
     loader_options = {}
     if dry_run and accepts(lookup(module_data, config["data_loader"]["type"], "data_loader.type", DataLoader),
@@ -50,6 +52,8 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     if config["lr_scheduler"] is not None:
         lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, LRScheduler, optimizer)
 
+    if seed is not None and distributed.active():
+        seed_everything(seed + distributed.rank())  # a different dropout mask on every rank
     return Trainer(
         model, criterion, metric_fns, optimizer,
         config=config, device=device, device_ids=device_ids,
@@ -101,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             train(config)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if distributed.is_main():  # under torchrun every rank fails alike: one says so
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
-        print(exc, file=sys.stderr)
+        if distributed.is_main():
+            print(exc, file=sys.stderr)
         return 128 + exc.signal_number
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from utils import distributed
 from utils.errors import InputError
 
 # The validation split is drawn with its own fixed seed, so it is the same for every run and
@@ -22,21 +23,34 @@ class EpochBatches(Sampler[list[int]]):
     Because the order is a function of the epoch rather than of a generator's running state,
     a resumed run (at an epoch boundary or in the middle of one, skipping the batches already
     trained on) sees exactly the batches that an uninterrupted run sees.
+
+    Under DDP (`world_size` > 1) each rank takes every `world_size`-th sample of that order,
+    starting at its `rank`, as DistributedSampler does. With `pad`, the order is first padded
+    (repeating its start) to a multiple of `world_size`, so that every rank has the same number
+    of batches, which training needs; validation shards are left unpadded, so each sample
+    counts once.
     """
 
-    def __init__(self, indices: list[int], batch_size: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, indices: list[int], batch_size: int, shuffle: bool, seed: int,
+                 rank: int = 0, world_size: int = 1, pad: bool = True) -> None:
         self.indices = indices
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch = 1
         self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
+    def samples_per_rank(self) -> int:
+        if self.pad:
+            return math.ceil(len(self.indices) / self.world_size)
+        return len(range(self.rank, len(self.indices), self.world_size))
+
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.indices) / self.batch_size)
+        return math.ceil(self.samples_per_rank() / self.batch_size)
 
     def __len__(self) -> int:
         return max(self.batches_per_epoch() - self.skip, 0)
@@ -46,6 +60,11 @@ class EpochBatches(Sampler[list[int]]):
         if self.shuffle:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=generator).tolist()]
+        if self.world_size > 1:
+            if self.pad and len(order) % self.world_size:
+                padding = self.world_size - len(order) % self.world_size
+                order = order + (order * math.ceil(padding / len(order)))[:padding]
+            order = order[self.rank :: self.world_size]
         for start in range(self.skip * self.batch_size, len(order), self.batch_size):
             yield order[start : start + self.batch_size]
 
@@ -76,8 +95,9 @@ class BaseDataLoader(DataLoader):
         pin_memory: bool | None = None,
     ) -> None:
         self.train_indices, self.valid_indices = _split(len(dataset), validation_split)
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.batches = EpochBatches(self.train_indices, batch_size, shuffle, seed)
+        seed = distributed.broadcast(int(torch.randint(0, 2**62, (1,)).item()))  # one order for all ranks
+        self.batches = EpochBatches(self.train_indices, batch_size, shuffle, seed,
+                                    distributed.rank(), distributed.world_size())
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
         # Tensors in memory are fetched a batch at a time (one indexing per tensor) rather than
@@ -116,7 +136,8 @@ class BaseDataLoader(DataLoader):
         """A loader over the held-out samples, in a fixed order; None without a split."""
         if not self.valid_indices:
             return None
-        batches = EpochBatches(self.valid_indices, self.batches.batch_size, shuffle=False, seed=0)
+        batches = EpochBatches(self.valid_indices, self.batches.batch_size, shuffle=False, seed=0,
+                               rank=distributed.rank(), world_size=distributed.world_size(), pad=False)
         # its own generator (of worker seeds), so that validating draws nothing from the global RNG
         return DataLoader(self.dataset, generator=torch.Generator(), **self._batching(batches), **self._loader_args)
 

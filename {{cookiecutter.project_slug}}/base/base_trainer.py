@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from logger import MetricsCSV, TensorboardWriter, add_file_handler, remove_handler
 from parse_config import ConfigParser
+from utils import distributed
 from utils.checkpoint import FORMAT_VERSION, CheckpointSaver, load_weights, unwrap_model
 from utils.errors import InputError, TrainingInterrupted
 from utils.seed import rng_state, set_rng_state
@@ -43,7 +44,14 @@ class BaseTrainer(ABC):
         self.config = config
         options = config["trainer"]
         self.device = device
-        self.model = nn.DataParallel(model, device_ids=device_ids) if len(device_ids) > 1 else model
+        if distributed.active():  # under torchrun: one process per device
+            ids = [device.index] if device.type == "cuda" else None
+            self.model: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        elif len(device_ids) > 1:  # n_gpu > 1 in one process (torchrun is the faster way)
+            self.model = nn.DataParallel(model, device_ids=device_ids)
+        else:
+            self.model = model
+        self.is_main = distributed.is_main()  # the one process that logs and writes files
         self.criterion = criterion
         self.metric_fns = metric_fns
         self.optimizer = optimizer
@@ -51,6 +59,7 @@ class BaseTrainer(ABC):
         self.epochs: int = options["epochs"]
         self.early_stop: int = options["early_stop"]
         self.clip_grad_norm: float | None = options["clip_grad_norm"]
+        self.accumulate: int = options["accumulate_grad_batches"]
 
         self.precision: str = options["precision"]
         if self.precision == "fp16" and device.type != "cuda":
@@ -87,14 +96,23 @@ class BaseTrainer(ABC):
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def backward_and_step(self, loss: torch.Tensor) -> None:
-        """Backward pass, optional gradient clipping (after unscaling), optimizer step."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def backward_and_step(self, loss: torch.Tensor, step: bool = True) -> None:
+        """Backward pass of one batch's loss (divided by `trainer.accumulate_grad_batches`, so
+        that the accumulated gradient is the mean over the batches), then, when `step`, the
+        optimizer step: gradient clipping (after unscaling), step, zero the gradients. Under DDP
+        the gradients are only averaged across ranks on the backward pass before a step."""
+        if self.accumulate > 1:
+            loss = loss / self.accumulate
+        no_sync = getattr(self.model, "no_sync", None)  # DistributedDataParallel's
+        with no_sync() if no_sync is not None and not step else nullcontext():
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        if not step:
+            return
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
         if self.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         if self.scaler is not None:
@@ -102,7 +120,20 @@ class BaseTrainer(ABC):
             self.scaler.update()
         else:
             self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+
+    def step_due(self, batches_done: int, batches_per_epoch: int) -> bool:
+        """Whether the optimizer steps after the `batches_done`-th batch of an epoch: every
+        `accumulate_grad_batches` batches, and after the last batch of the epoch."""
+        return batches_done % self.accumulate == 0 or batches_done == batches_per_epoch
+
+    def should_stop(self) -> bool:
+        """Whether a signal asks to stop, agreed by every DDP rank (a signal may reach only some)."""
+        if distributed.active():
+            agreed = distributed.max_across_ranks(self.stop_signal or 0, self.device)
+            self.stop_signal = agreed or None
+        return self.stop_signal is not None
 
     @abstractmethod
     def _train_epoch(self, epoch: int) -> dict[str, float] | None:
@@ -120,18 +151,24 @@ class BaseTrainer(ABC):
         """Train to the last epoch (or early stop) and return the metrics of the last epoch.
 
         SIGINT or SIGTERM stops training after the current batch: `latest.pth` is written with
-        the position inside the epoch and TrainingInterrupted is raised."""
-        run_dir = self.config.make_run_dir()
+        the position inside the epoch and TrainingInterrupted is raised. Under DDP only rank 0
+        writes (run directory, train.log, metrics.csv, TensorBoard, checkpoints); every rank
+        takes the same decisions."""
+        run_dir = self._make_run_dir()
         options = self.config["trainer"]
-        file_handler = add_file_handler(run_dir / "train.log", options["verbosity"])
-        csv = MetricsCSV(run_dir / "metrics.csv", start_epoch=self.start_epoch)
-        writer = TensorboardWriter(run_dir, enabled=options["tensorboard"], start_epoch=self.start_epoch)
-        saver = CheckpointSaver(run_dir, options["save_period"], options["keep_last"])
+        file_handler = add_file_handler(run_dir / "train.log", options["verbosity"]) if self.is_main else None
+        csv = MetricsCSV(run_dir / "metrics.csv", start_epoch=self.start_epoch) if self.is_main else None
+        writer = TensorboardWriter(run_dir, enabled=options["tensorboard"] and self.is_main,
+                                   start_epoch=self.start_epoch)
+        saver = CheckpointSaver(run_dir, options["save_period"], options["keep_last"]) if self.is_main else None
         if self.config.resuming:
             logger.info("Resuming from '%s' at epoch %d with %d of its batches already trained, in %s",
                         self.config.resume_path, self.start_epoch, self.start_batch, run_dir)
         else:
             logger.info("Run directory: %s", run_dir)
+        if distributed.active():
+            logger.info("DDP: %d processes, %s", distributed.world_size(), self.device.type)
+        latest = run_dir / "latest.pth"
         log: dict[str, float] = {}
         try:
             with self._stop_on_signals():
@@ -139,31 +176,61 @@ class BaseTrainer(ABC):
                     lr = self.optimizer.param_groups[0]["lr"]
                     metrics = self._train_epoch(epoch)
                     if metrics is None:  # a signal, in the middle of the epoch
-                        state = self.state(epoch - 1, self.batches_done)
-                        self._stop(saver.save_latest(state), f"in epoch {epoch} after {self.batches_done} batches")
+                        self._save(saver, self.state(epoch - 1, self.batches_done), epoch, latest_only=True)
+                        self._stop(latest, f"in epoch {epoch} after {self.batches_done} batches")
                     log = {"epoch": epoch, **metrics, "lr": lr}
                     self._step_scheduler(log)
                     summary = "  ".join(f"{key} {value:.6g}" for key, value in log.items() if key != "epoch")
                     logger.info("epoch %d: %s", epoch, summary)
-                    csv.write(log)
+                    if csv is not None:
+                        csv.write(log)
                     writer.write_epoch(epoch, log)
                     is_best = self._update_monitor(log)
-                    saver.save(self.state(epoch), epoch, is_best)
+                    self._save(saver, self.state(epoch), epoch, is_best=is_best)
                     if self.early_stop and self.not_improved_count >= self.early_stop:
                         logger.info("%s did not improve for %d epochs: stopping early.",
                                     self.monitor_metric, self.early_stop)
                         break
-                    if self.stop_signal is not None and epoch < self.epochs:
-                        self._stop(run_dir / "latest.pth", f"at the end of epoch {epoch}")
+                    if epoch < self.epochs and self.should_stop():
+                        self._stop(latest, f"at the end of epoch {epoch}")
         finally:
             writer.close()
-            remove_handler(file_handler)
+            if file_handler is not None:
+                remove_handler(file_handler)
         return log
+
+    def _make_run_dir(self) -> Path:
+        """Rank 0 makes the run directory and tells the other ranks its path, or its error."""
+        outcome = ("", "")
+        if self.is_main:
+            try:
+                outcome = ("made", str(self.config.make_run_dir()))
+            except InputError as exc:
+                outcome = ("error", str(exc))
+        kind, text = distributed.broadcast(outcome)
+        if kind == "error":
+            raise InputError(text)
+        self.config.run_dir = Path(text)
+        return Path(text)
+
+    def _save(self, saver: CheckpointSaver | None, state: dict[str, Any], epoch: int, is_best: bool = False,
+              latest_only: bool = False) -> None:
+        """Rank 0 writes; under DDP the state carries every rank's RNG, and all ranks wait
+        until the files are written."""
+        if distributed.active():
+            state["rng_per_rank"] = distributed.gather(state["rng"])
+        if saver is not None:
+            if latest_only:
+                saver.save_latest(state)
+            else:
+                saver.save(state, epoch, is_best)
+        if distributed.active():
+            distributed.barrier()
 
     def _stop(self, checkpoint: Path, where: str) -> NoReturn:
         assert self.stop_signal is not None
-        name = signal.Signals(self.stop_signal).name
-        logger.warning("Stopped by %s %s; saved %s", name, where, checkpoint)
+        if self.is_main:
+            logger.warning("Stopped by %s %s; saved %s", signal.Signals(self.stop_signal).name, where, checkpoint)
         raise TrainingInterrupted(self.stop_signal, str(checkpoint))
 
     @contextmanager
@@ -263,5 +330,8 @@ class BaseTrainer(ABC):
         loader = getattr(self, "data_loader", None)
         if hasattr(loader, "seed") and checkpoint.get("data_loader_seed") is not None:
             loader.seed = checkpoint["data_loader_seed"]
-        if "rng" in checkpoint:
+        per_rank = checkpoint.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == distributed.world_size():
+            set_rng_state(per_rank[distributed.rank()])
+        elif "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])

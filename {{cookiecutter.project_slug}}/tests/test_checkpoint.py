@@ -1,5 +1,7 @@
 """Checkpoint files: which are written when, their format, and refusals of bad files."""
 
+import os
+import stat
 from pathlib import Path
 
 import torch
@@ -60,3 +62,12 @@ def test_keep_last_deletes_only_older_periodic_checkpoints(tmp_path: Path) -> No
         saver.save(minimal_state(MnistModel(), epoch), epoch, is_best=epoch == 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "checkpoint-epoch11.pth", "checkpoint-epoch12.pth", "latest.pth", "model_best.pth"]
+
+
+def test_checkpoint_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    old_mask = os.umask(0o022)
+    try:
+        path = CheckpointSaver(tmp_path, save_period=1).save_latest(minimal_state(MnistModel()))
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's private 0o600

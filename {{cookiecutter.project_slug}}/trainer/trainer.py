@@ -10,6 +10,8 @@ from tqdm import tqdm
 
 from base import BaseTrainer
 from parse_config import ConfigParser
+from utils import distributed
+from utils.checkpoint import unwrap_model
 from utils.tracker import MetricTracker
 
 # The progress bar shows the running loss; reading it synchronises with the device, so it is
@@ -36,7 +38,7 @@ class Trainer(BaseTrainer):
         super().__init__(model, criterion, metric_fns, optimizer, config, device, device_ids, lr_scheduler)
         self.data_loader = data_loader
         self.valid_data_loader = valid_data_loader
-        self.show_progress = config["trainer"]["verbosity"] >= 1
+        self.show_progress = config["trainer"]["verbosity"] >= 1 and self.is_main
         names = ["loss", *(fn.__name__ for fn in metric_fns)]
         self.train_metrics = MetricTracker(*names)
         self.valid_metrics = MetricTracker(*names)
@@ -61,18 +63,18 @@ class Trainer(BaseTrainer):
             for fn in self.metric_fns:
                 tracker.update(fn.__name__, fn(output, target), n)
 
-    def _train_batch(self, data: torch.Tensor, target: torch.Tensor) -> None:
+    def _train_batch(self, data: torch.Tensor, target: torch.Tensor, step: bool = True) -> None:
         data, target = self._to_device(data, target)
         with self.autocast():
             output = self.model(data)  # (B, num_classes) log-probabilities
             loss = self.criterion(output, target)
-        self.backward_and_step(loss)
+        self.backward_and_step(loss, step)
         self._update(self.train_metrics, loss, output, target)
 
     def _valid_batch(self, data: torch.Tensor, target: torch.Tensor) -> None:
         data, target = self._to_device(data, target)
         with self.autocast():
-            output = self.model(data)
+            output = unwrap_model(self.model)(data)  # not through DDP: no collective in validation
             loss = self.criterion(output, target)
         self._update(self.valid_metrics, loss, output, target)
 
@@ -80,20 +82,23 @@ class Trainer(BaseTrainer):
         skip = self.start_batch if epoch == self.start_epoch else 0
         if hasattr(self.data_loader, "set_epoch"):
             self.data_loader.set_epoch(epoch, skip)
+        total = skip + len(self.data_loader)
         self.model.train()
         self.train_metrics.reset()
-        if skip and self.resumed_epoch_metrics is not None:
+        if skip and self.resumed_epoch_metrics is not None and self.is_main:  # summed over all ranks
             self.train_metrics.load_state(self.resumed_epoch_metrics, self.device)
         self.batches_done = skip
         description = f"epoch {epoch}/{self.epochs} train"
         with self._progress(self.data_loader, description, skip) as bar:
             for data, target in bar:
-                self._train_batch(data, target)
+                step = self.step_due(self.batches_done + 1, total)
+                self._train_batch(data, target, step)
                 self.batches_done += 1
-                if self.stop_signal is not None:
+                if step and self.should_stop():  # stops between optimizer steps only
                     return None
                 if self.show_progress and self.batches_done % BAR_REFRESH_BATCHES == 1:
                     bar.set_postfix(loss=f"{self.train_metrics.average('loss'):.4f}", refresh=False)
+        self.train_metrics.sum_across_ranks(self.device)
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
             valid = self._valid_epoch(epoch)
@@ -110,11 +115,14 @@ class Trainer(BaseTrainer):
         with self._progress(self.valid_data_loader, f"epoch {epoch}/{self.epochs} valid") as bar:
             for data, target in bar:
                 self._valid_batch(data, target)
-                if self.stop_signal is not None:  # validation is redone on resume
+                # ranks may hold different numbers of validation batches: no collective here
+                if not distributed.active() and self.should_stop():  # validation is redone on resume
                     return None
+        self.valid_metrics.sum_across_ranks(self.device)
         return self.valid_metrics.result()
 
     def _epoch_metrics_state(self) -> dict[str, Any]:
+        self.train_metrics.sum_across_ranks(self.device)  # every rank's samples so far, saved once
         return self.train_metrics.state()
 
     def dry_run(self) -> dict[str, float]:

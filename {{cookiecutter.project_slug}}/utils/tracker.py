@@ -4,6 +4,8 @@ from typing import Any
 
 import torch
 
+from utils import distributed
+
 
 class MetricTracker:
     """Averages each metric over an epoch, weighting every batch by its number of samples.
@@ -26,6 +28,18 @@ class MetricTracker:
             value = value.detach().float()
         self._sums[key] = self._sums[key] + value * n
         self._counts[key] += n
+
+    def sum_across_ranks(self, device: torch.device) -> None:
+        """Replace this process's sums and counts by those of all DDP ranks together, so that
+        every rank's averages are over every sample (no-op in a single process)."""
+        if not distributed.active():
+            return
+        sums = [torch.as_tensor(self._sums[key], dtype=torch.float64, device=device) for key in self.keys]
+        counts = [torch.tensor(float(self._counts[key]), dtype=torch.float64, device=device) for key in self.keys]
+        packed = distributed.sum_across_ranks(torch.stack(sums + counts))
+        n = len(self.keys)
+        self._sums = {key: packed[i].float() for i, key in enumerate(self.keys)}
+        self._counts = {key: int(packed[n + i].item()) for i, key in enumerate(self.keys)}
 
     def average(self, key: str) -> float:
         count = self._counts[key]

@@ -1,0 +1,67 @@
+"""Gradient accumulation, mixed precision on the CPU, and the batch arithmetic DDP relies on."""
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import train
+from base.base_data_loader import EpochBatches
+from parse_config import ConfigParser
+
+ConfigFactory = Callable[..., dict[str, Any]]
+
+
+def one_step_weights(make_config: ConfigFactory, batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
+    """Weights after the first optimizer step of a trainer built from the config, with dropout
+    off, no shuffling and plain SGD (lr 1: the step is minus the gradient)."""
+    config = make_config(trainer__accumulate_grad_batches=accumulate)
+    config["data_loader"]["args"].update(batch_size=batch_size, shuffle=False)
+    config["optimizer"] = {"type": "SGD", "args": {"lr": 1.0}}
+    trainer = train.build_trainer(ConfigParser(config))
+    trainer.model.eval()  # dropout off: both ways see the same network
+    batches = iter(trainer.data_loader)
+    for index in range(accumulate):
+        trainer._train_batch(*next(batches), step=index == accumulate - 1)
+    assert trainer.global_step == 1
+    return {key: value.clone() for key, value in trainer.model.state_dict().items()}
+
+
+def test_accumulating_two_batches_of_64_steps_like_one_batch_of_128(make_config: ConfigFactory) -> None:
+    whole = one_step_weights(make_config, batch_size=128, accumulate=1)
+    accumulated = one_step_weights(make_config, batch_size=64, accumulate=2)
+    for key in whole:
+        torch.testing.assert_close(accumulated[key], whole[key], rtol=1e-5, atol=1e-6)
+    initial = one_step_weights(make_config, batch_size=64, accumulate=1)
+    assert not all(torch.equal(initial[key], whole[key]) for key in whole)  # the comparison can fail
+
+
+def test_accumulation_steps_every_k_batches_and_at_the_end_of_the_epoch(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    # 360 training images at batch 32 are 12 batches an epoch: steps after batches 5, 10 and 12
+    config = make_config(trainer__epochs=1, trainer__accumulate_grad_batches=5)
+    train.train(ConfigParser(config, run_id="acc"))
+    latest = torch.load(tmp_path / "saved" / "Mnist_LeNet" / "acc" / "latest.pth", weights_only=True)
+    assert latest["global_step"] == math.ceil(12 / 5)  # after batches 5, 10 and 12
+
+
+def test_bf16_autocast_trains_on_the_cpu(make_config: ConfigFactory) -> None:
+    result = train.train(ConfigParser(make_config(trainer__epochs=2, trainer__precision="bf16"), run_id="bf16"))
+    assert math.isfinite(result["loss"]) and result["val_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("n_samples", [3600, 3601])
+def test_ddp_shards_give_every_rank_the_same_number_of_steps(n_samples: int) -> None:
+    single = EpochBatches(list(range(n_samples)), batch_size=128, shuffle=True, seed=5)
+    ranks = [EpochBatches(list(range(n_samples)), batch_size=64, shuffle=True, seed=5, rank=r, world_size=2)
+             for r in range(2)]
+    assert [len(list(rank)) for rank in ranks] == [len(single)] * 2 == [math.ceil(n_samples / 128)] * 2
+    seen = [index for rank in ranks for batch in rank for index in batch]
+    assert set(seen) == set(range(n_samples)) and len(seen) == n_samples + n_samples % 2  # padded by one
+    shards = [EpochBatches(list(range(101)), 10, shuffle=False, seed=0, rank=r, world_size=2, pad=False)
+              for r in range(2)]
+    assert sorted(index for shard in shards for batch in shard for index in batch) == list(range(101))
