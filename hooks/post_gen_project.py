@@ -1,7 +1,7 @@
 """Post-generation hook: remove what an answer turned off. Never prompts.
 
 Cookiecutter renders this file with Jinja and runs it inside the generated project folder.
-To make another option remove files, add one line to REMOVALS.
+To make another option remove or swap files, add one line to REMOVALS or MOVES.
 """
 
 from __future__ import annotations
@@ -10,10 +10,22 @@ import shutil
 from pathlib import Path
 
 LICENSE = {{cookiecutter.license | tojson}}
+DATASET = {{cookiecutter.dataset | tojson}}
+TENSORBOARD = {{cookiecutter.tensorboard | tojson}} == "yes"
+GITHUB_ACTIONS = {{cookiecutter.github_actions | tojson}} == "yes"
 
 # (condition, paths relative to the generated project to delete when the condition holds)
 REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
     (LICENSE == "none", ("LICENSE",)),
+    (not TENSORBOARD, ("logger/visualization.py",)),
+    (not GITHUB_ACTIONS, (".github",)),
+    (DATASET != "image_folder", ("data_loader/image_folder.py", "config_image_folder.json")),
+]
+
+# (condition, source, destination): files that an answer puts in place of another
+MOVES: list[tuple[bool, str, str]] = [
+    (DATASET == "image_folder", "config.json", "config_mnist.json"),
+    (DATASET == "image_folder", "config_image_folder.json", "config.json"),
 ]
 
 
@@ -26,7 +38,10 @@ def remove(path: Path) -> None:
 
 
 def main() -> None:
-    """Delete every path whose condition holds."""
+    """Move, then delete, every path whose condition holds."""
+    for condition, source, destination in MOVES:
+        if condition:
+            Path(source).replace(destination)
     for condition, paths in REMOVALS:
         if condition:
             for path in paths:

@@ -16,6 +16,40 @@ DEFAULTS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 
 Render = Callable[..., Path]
 
+# The files of a project rendered with the default answers.
+EXPECTED_FILES = {
+    ".cookiecutter.json", ".gitignore", "LICENSE", "README.md", "config.json", "config_schema.py",
+    "parse_config.py", "pyproject.toml", "requirements.txt", "requirements-dev.txt", "test.py", "train.py",
+    "base/__init__.py", "base/base_data_loader.py", "base/base_model.py", "base/base_trainer.py",
+    "data_loader/__init__.py", "data_loader/data_loaders.py",
+    "logger/__init__.py", "logger/logger.py", "logger/metrics_csv.py", "logger/visualization.py",
+    "model/__init__.py", "model/loss.py", "model/metric.py", "model/model.py",
+    "trainer/__init__.py", "trainer/trainer.py",
+    "utils/__init__.py", "utils/checkpoint.py", "utils/device.py", "utils/errors.py", "utils/seed.py",
+    "utils/tracker.py", "utils/distributed.py",
+    "tests/conftest.py", "tests/test_bad_inputs.py", "tests/test_checkpoint.py", "tests/test_config.py",
+    "tests/test_data.py", "tests/test_resume.py", "tests/test_scaling.py", "tests/test_training.py",
+    ".github/workflows/tests.yml",
+}
+
+
+def expected_files(answers: dict[str, str]) -> set[str]:
+    """The files that the answers (defaults for the rest) must produce, no more, no fewer."""
+    files = set(EXPECTED_FILES)
+    if answers.get("license") == "none":
+        files.discard("LICENSE")
+    if answers.get("tensorboard") == "no":
+        files.discard("logger/visualization.py")
+    if answers.get("github_actions") == "no":
+        files.discard(".github/workflows/tests.yml")
+    if answers.get("dataset") == "image_folder":
+        files |= {"data_loader/image_folder.py", "config_mnist.json"}
+    return files
+
+
+def files_of(project: Path) -> set[str]:
+    return {str(path.relative_to(project)) for path in project.rglob("*") if path.is_file()}
+
 
 @pytest.fixture
 def render(tmp_path: Path) -> Render:

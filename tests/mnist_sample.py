@@ -156,6 +156,29 @@ def write_mnist_raw(root: Path, n_test_per_class: int = 100, tile: int = 1) -> P
     return Path(root)
 
 
+def write_png_folders(root: Path, n_train_per_class: int, n_val_per_class: int) -> Path:
+    """Write sample digits as PNG files in torchvision ImageFolder's layout:
+    ``<root>/train/<digit>/<n>.png`` and ``<root>/val/<digit>/<n>.png`` (grey, 28x28).
+
+    The validation images come from the held-out part of the sample (as the test split of
+    :func:`write_mnist_raw`), so no image is in both folders.
+
+    Returns:
+        ``root``.
+    """
+    from PIL import Image  # pillow comes with torchvision
+
+    images, labels = load_mnist_sample()
+    train, held_out = split_indices(labels, n_val_per_class)
+    for split, indices, per_class in (("train", train, n_train_per_class), ("val", held_out, n_val_per_class)):
+        for digit in range(N_CLASSES):
+            folder = Path(root) / split / str(digit)
+            folder.mkdir(parents=True, exist_ok=True)
+            for n, index in enumerate(indices[labels[indices] == digit][:per_class]):
+                Image.fromarray(images[index]).save(folder / f"{n}.png")
+    return Path(root)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: write the raw files under ROOT and print one line about them."""
     parser = argparse.ArgumentParser(

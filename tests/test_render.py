@@ -5,27 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULTS, Render, run_python
-
-EXPECTED_FILES = {
-    ".cookiecutter.json", ".gitignore", "LICENSE", "README.md", "config.json", "config_schema.py",
-    "parse_config.py", "pyproject.toml", "requirements.txt", "requirements-dev.txt", "test.py", "train.py",
-    "base/__init__.py", "base/base_data_loader.py", "base/base_model.py", "base/base_trainer.py",
-    "data_loader/__init__.py", "data_loader/data_loaders.py",
-    "logger/__init__.py", "logger/logger.py", "logger/metrics_csv.py", "logger/visualization.py",
-    "model/__init__.py", "model/loss.py", "model/metric.py", "model/model.py",
-    "trainer/__init__.py", "trainer/trainer.py",
-    "utils/__init__.py", "utils/checkpoint.py", "utils/device.py", "utils/errors.py", "utils/seed.py",
-    "utils/tracker.py",
-    "tests/conftest.py", "tests/test_bad_inputs.py", "tests/test_checkpoint.py", "tests/test_config.py",
-    "tests/test_data.py", "tests/test_resume.py", "tests/test_scaling.py", "utils/distributed.py",
-    "tests/test_training.py",
-}
-
-
-def files_of(project: Path) -> set[str]:
-    return {str(path.relative_to(project)) for path in project.rglob("*") if path.is_file()}
-
+from conftest import DEFAULTS, EXPECTED_FILES, Render, files_of, run_python
 
 def test_defaults_render_exactly_the_expected_files(render: Render) -> None:
     project = render()

@@ -117,7 +117,13 @@ SCHEMA: dict[str, Key] = {
                        default="off", check=_check_monitor),
         "early_stop": Key((int,), "stop after this many epochs without improvement of the monitored "
                           "metric; 0 never stops early", default=0, check=_at_least(0)),
+{%- if cookiecutter.tensorboard == "yes" %}
         "tensorboard": Key((bool,), "write TensorBoard scalars into the run directory", default=True),
+{%- else %}
+        "tensorboard": Key((bool,), "accepted for victoresque configs; this project has no TensorBoard, so only "
+                           "false", default=False, check=lambda value: "must be false (the project was generated "
+                           "without TensorBoard)" if value else None),
+{%- endif %}
         "seed": Key((int, type(None)), "seed of every random number generator; null for an unseeded run",
                     default=123),
         "precision": Key((str,), "'fp32', 'bf16' (autocast on CPU and CUDA) or 'fp16' (CUDA only, "

@@ -93,22 +93,22 @@ class BaseDataLoader(DataLoader):
         num_workers: int,
         collate_fn: Callable[[list], Any] = default_collate,
         pin_memory: bool | None = None,
+        valid_dataset: Dataset | None = None,
     ) -> None:
-        self.train_indices, self.valid_indices = _split(len(dataset), validation_split)
+        """`valid_dataset`: validate on this separate dataset instead of holding out part of
+        `dataset` (`validation_split` is then ignored)."""
+        self.valid_dataset = valid_dataset
+        self.train_indices, self.valid_indices = _split(len(dataset), 0 if valid_dataset else validation_split)
         seed = distributed.broadcast(int(torch.randint(0, 2**62, (1,)).item()))  # one order for all ranks
         self.batches = EpochBatches(self.train_indices, batch_size, shuffle, seed,
                                     distributed.rank(), distributed.world_size())
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
-        # Tensors in memory are fetched a batch at a time (one indexing per tensor) rather than
-        # sample by sample and stacked by the collate function: the same batches, far cheaper.
-        self._whole_batches = isinstance(dataset, TensorDataset) and collate_fn is default_collate
-        self._loader_args = {
-            "num_workers": num_workers,
-            "collate_fn": None if self._whole_batches else collate_fn,
-            "pin_memory": pin_memory,
-        }
-        super().__init__(dataset, generator=torch.Generator(), **self._batching(self.batches), **self._loader_args)
+        self._collate_fn = collate_fn
+        self._whole_batches = self._fetches_whole_batches(dataset)
+        self._loader_args = {"num_workers": num_workers, "pin_memory": pin_memory}
+        super().__init__(dataset, generator=torch.Generator(), **self._batching(self.batches, dataset),
+                         **self._loader_args)
 
     @property
     def seed(self) -> int:
@@ -127,19 +127,30 @@ class BaseDataLoader(DataLoader):
     def batches_per_epoch(self) -> int:
         return self.batches.batches_per_epoch()
 
-    def _batching(self, batches: Iterable[list[int]]) -> dict[str, Any]:
-        if self._whole_batches:
-            return {"sampler": batches, "batch_size": None}
-        return {"batch_sampler": batches}
+    def _fetches_whole_batches(self, dataset: Dataset) -> bool:
+        """Tensors in memory are fetched a batch at a time (one indexing per tensor) rather than
+        sample by sample and stacked by the collate function: the same batches, far cheaper."""
+        return isinstance(dataset, TensorDataset) and self._collate_fn is default_collate
+
+    def _batching(self, batches: Iterable[list[int]], dataset: Dataset) -> dict[str, Any]:
+        if self._fetches_whole_batches(dataset):
+            return {"sampler": batches, "batch_size": None, "collate_fn": None}
+        return {"batch_sampler": batches, "collate_fn": self._collate_fn}
 
     def split_validation(self) -> DataLoader | None:
-        """A loader over the held-out samples, in a fixed order; None without a split."""
-        if not self.valid_indices:
+        """A loader over the held-out samples (or `valid_dataset`), in a fixed order; None
+        without either."""
+        dataset = self.dataset
+        indices = self.valid_indices
+        if self.valid_dataset is not None:
+            dataset = self.valid_dataset
+            indices = list(range(len(dataset)))  # type: ignore[arg-type]
+        if not indices:
             return None
-        batches = EpochBatches(self.valid_indices, self.batches.batch_size, shuffle=False, seed=0,
+        batches = EpochBatches(indices, self.batches.batch_size, shuffle=False, seed=0,
                                rank=distributed.rank(), world_size=distributed.world_size(), pad=False)
         # its own generator (of worker seeds), so that validating draws nothing from the global RNG
-        return DataLoader(self.dataset, generator=torch.Generator(), **self._batching(batches), **self._loader_args)
+        return DataLoader(dataset, generator=torch.Generator(), **self._batching(batches, dataset), **self._loader_args)
 
 
 def _split(n_samples: int, validation_split: float | int) -> tuple[list[int], list[int]]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from logger import MetricsCSV, TensorboardWriter, add_file_handler, remove_handler
+{% if cookiecutter.tensorboard == "yes" %}from logger import MetricsCSV, TensorboardWriter, add_file_handler, remove_handler{% else %}from logger import MetricsCSV, add_file_handler, remove_handler{% endif %}
 from parse_config import ConfigParser
 from utils import distributed
 from utils.checkpoint import FORMAT_VERSION, CheckpointSaver, load_weights, unwrap_model
@@ -158,8 +158,10 @@ class BaseTrainer(ABC):
         options = self.config["trainer"]
         file_handler = add_file_handler(run_dir / "train.log", options["verbosity"]) if self.is_main else None
         csv = MetricsCSV(run_dir / "metrics.csv", start_epoch=self.start_epoch) if self.is_main else None
+{%- if cookiecutter.tensorboard == "yes" %}
         writer = TensorboardWriter(run_dir, enabled=options["tensorboard"] and self.is_main,
                                    start_epoch=self.start_epoch)
+{%- endif %}
         saver = CheckpointSaver(run_dir, options["save_period"], options["keep_last"]) if self.is_main else None
         if self.config.resuming:
             logger.info("Resuming from '%s' at epoch %d with %d of its batches already trained, in %s",
@@ -184,7 +186,9 @@ class BaseTrainer(ABC):
                     logger.info("epoch %d: %s", epoch, summary)
                     if csv is not None:
                         csv.write(log)
+{%- if cookiecutter.tensorboard == "yes" %}
                     writer.write_epoch(epoch, log)
+{%- endif %}
                     is_best = self._update_monitor(log)
                     self._save(saver, self.state(epoch), epoch, is_best=is_best)
                     if self.early_stop and self.not_improved_count >= self.early_stop:
@@ -194,7 +198,9 @@ class BaseTrainer(ABC):
                     if epoch < self.epochs and self.should_stop():
                         self._stop(latest, f"at the end of epoch {epoch}")
         finally:
+{%- if cookiecutter.tensorboard == "yes" %}
             writer.close()
+{%- endif %}
             if file_handler is not None:
                 remove_handler(file_handler)
         return log

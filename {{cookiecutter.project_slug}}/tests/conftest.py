@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MNIST_CONFIG = "{{ "config_mnist.json" if cookiecutter.dataset == "image_folder" else "config.json" }}"  # the MNIST example, shrunk here
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -52,7 +53,7 @@ def make_config(mnist_dir: Path, tmp_path: Path) -> Callable[..., dict[str, Any]
     data, runs under tmp_path. Keyword arguments `section__key=value` change more."""
 
     def make(**changes: Any) -> dict[str, Any]:
-        config = json.loads((PROJECT_ROOT / "config.json").read_text())
+        config = json.loads((PROJECT_ROOT / MNIST_CONFIG).read_text())
         config["n_gpu"] = 0
         config["data_loader"]["args"].update(data_dir=str(mnist_dir), batch_size=32)
         config["trainer"].update(epochs=2, save_dir=str(tmp_path / "saved"), verbosity=0)
