@@ -105,7 +105,6 @@ class BaseDataLoader(DataLoader):
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
         self._collate_fn = collate_fn
-        self._whole_batches = self._fetches_whole_batches(dataset)
         self._loader_args = {"num_workers": num_workers, "pin_memory": pin_memory}
         super().__init__(dataset, generator=torch.Generator(), **self._batching(self.batches, dataset),
                          **self._loader_args)

@@ -38,10 +38,10 @@ class Case:
     script: str = "train"
 
 
-def c(id: str, names: str, **edits: Any) -> Case:
-    """A config case: `python train.py -c config.json` with `edits` made to config.json;
-    `edits` keys use `__` for the dots of the dotted key."""
-    return Case(id, "config", ("-c", "config.json"), names, {k.replace("__", "."): v for k, v in edits.items()})
+def c(id: str, names: str, kind: str = "config", **edits: Any) -> Case:
+    """A case of `python train.py -c config.json` with `edits` made to config.json; `edits`
+    keys use `__` for the dots of the dotted key."""
+    return Case(id, kind, ("-c", "config.json"), names, {k.replace("__", "."): v for k, v in edits.items()})
 
 
 CATALOGUE = [
@@ -84,32 +84,25 @@ CATALOGUE = [
     c("save-period-zero", "'trainer.save_period' must be >= 1, got 0", trainer__save_period=0),
     c("early-stop-negative", "'trainer.early_stop' must be >= 0, got -1", trainer__early_stop=-1),
     # Names of classes and functions: looked up in their own module only
-    Case("arch-unknown", "lookup", ("-c", "config.json"), "'arch.type' is 'ResNet', not one of model.model: ",
-         {"arch.type": "ResNet"}),
-    Case("loss-import-attempt", "lookup", ("-c", "config.json"), "'loss' is 'os.system', not one of model.loss",
-         {"loss": "os.system"}),
-    Case("optimizer-unknown", "lookup", ("-c", "config.json"), "'optimizer.type' is 'Adamm', not one of torch.optim",
-         {"optimizer.type": "Adamm"}),
-    Case("scheduler-abstract-base", "lookup", ("-c", "config.json"),
-         "'lr_scheduler.type' is 'LRScheduler', not one of torch.optim.lr_scheduler",
-         {"lr_scheduler.type": "LRScheduler"}),
-    Case("metric-unknown", "lookup", ("-c", "config.json"), "'metrics[1]' is 'acc', not one of model.metric",
-         {"metrics": ["accuracy", "acc"]}),
-    Case("data-loader-unknown", "lookup", ("-c", "config.json"),
-         "'data_loader.type' is 'MNIST', not one of data_loader: ", {"data_loader.type": "MNIST"}),
+    c("arch-unknown", "'arch.type' is 'ResNet', not one of model.model: ", "lookup", arch__type="ResNet"),
+    c("loss-import-attempt", "'loss' is 'os.system', not one of model.loss", "lookup", loss="os.system"),
+    c("optimizer-unknown", "'optimizer.type' is 'Adamm', not one of torch.optim", "lookup", optimizer__type="Adamm"),
+    c("scheduler-abstract-base", "'lr_scheduler.type' is 'LRScheduler', not one of torch.optim.lr_scheduler",
+      "lookup", lr_scheduler__type="LRScheduler"),
+    c("metric-unknown", "'metrics[1]' is 'acc', not one of model.metric", "lookup", metrics=["accuracy", "acc"]),
+    c("data-loader-unknown", "'data_loader.type' is 'MNIST', not one of data_loader: ", "lookup",
+      data_loader__type="MNIST"),
     # Class arguments
-    Case("arch-unexpected-argument", "arguments", ("-c", "config.json"),
-         "'arch.args' do not fit MnistModel: got an unexpected keyword argument 'layers'",
-         {"arch.args": {"layers": 3}}),
-    Case("optimizer-misspelt-argument", "arguments", ("-c", "config.json"),
-         "'optimizer.args' do not fit Adam: got an unexpected keyword argument 'lrr'", {"optimizer.args.lrr": 0.1}),
-    Case("optimizer-argument-out-of-range", "arguments", ("-c", "config.json"),
-         "'optimizer.args' rejected by Adam: Invalid beta parameter", {"optimizer.args.betas": [2, 0.5]}),
-    Case("scheduler-missing-argument", "arguments", ("-c", "config.json"),
-         "'lr_scheduler.args' do not fit StepLR: missing a required argument: 'step_size'", {"lr_scheduler.args": {}}),
-    Case("plateau-without-monitor", "arguments", ("-c", "config.json"),
-         "'lr_scheduler.type' ReduceLROnPlateau steps on the monitored metric",
-         {"lr_scheduler": {"type": "ReduceLROnPlateau", "args": {}}, "trainer.monitor": "off"}),
+    c("arch-unexpected-argument", "'arch.args' do not fit MnistModel: got an unexpected keyword argument 'layers'",
+      "arguments", arch__args={"layers": 3}),
+    c("optimizer-misspelt-argument", "'optimizer.args' do not fit Adam: got an unexpected keyword argument 'lrr'",
+      "arguments", optimizer__args__lrr=0.1),
+    c("optimizer-argument-out-of-range", "'optimizer.args' rejected by Adam: Invalid beta parameter", "arguments",
+      optimizer__args__betas=[2, 0.5]),
+    c("scheduler-missing-argument", "'lr_scheduler.args' do not fit StepLR: missing a required argument: 'step_size'",
+      "arguments", lr_scheduler__args={}),
+    c("plateau-without-monitor", "'lr_scheduler.type' ReduceLROnPlateau steps on the monitored metric", "arguments",
+      lr_scheduler={"type": "ReduceLROnPlateau", "args": {}}, trainer__monitor="off"),
     # The command line
     Case("no-config-no-checkpoint", "cli", (), "no config: give a config file with -c or a checkpoint with -r"),
     Case("unknown-option", "cli", ("-c", "config.json", "--epochs", "3"), "unrecognized arguments: --epochs 3"),

@@ -65,7 +65,7 @@ def test_whole_batch_fetching_gives_the_batches_of_sample_by_sample_loading(mnis
         torch.manual_seed(7)  # the shuffle generator is seeded from the global RNG
         loaders.append(BaseDataLoader(dataset, batch_size=48, shuffle=shuffle, validation_split=0.1, num_workers=0))
     fast, slow = loaders
-    assert fast._whole_batches and not slow._whole_batches
+    assert fast._fetches_whole_batches(fast.dataset) and not slow._fetches_whole_batches(slow.dataset)
     for fast_loader, slow_loader in ((fast, slow), (fast.split_validation(), slow.split_validation())):
         fast_batches, slow_batches = list(fast_loader), list(slow_loader)
         assert len(fast_batches) == len(slow_batches) == len(fast_loader)

@@ -68,28 +68,29 @@ class CheckpointSaver:
             stale.unlink(missing_ok=True)
 
     def save(self, state: dict[str, Any], epoch: int, is_best: bool) -> list[Path]:
-        """Serialise `state` once and write it to every file due this epoch; returns those paths."""
+        """Write `state` to every file due this epoch; returns those paths."""
         names = ["latest.pth"]
         if epoch % self.save_period == 0:
             names.append(f"checkpoint-epoch{epoch}.pth")
         if is_best:
             names.append("model_best.pth")
+        paths = self._write(state, names)
+        self._drop_old_periodic()
+        return paths
+
+    def save_latest(self, state: dict[str, Any]) -> Path:
+        """Write `latest.pth` only (an interruption in the middle of an epoch)."""
+        return self._write(state, ["latest.pth"])[0]
+
+    def _write(self, state: dict[str, Any], names: list[str]) -> list[Path]:
+        """Serialise `state` once and write it atomically to each of `names` in the run directory."""
         buffer = io.BytesIO()
         torch.save(state, buffer)
         data = buffer.getvalue()
         paths = [self.run_dir / name for name in names]
         for path in paths:
             _write_atomic(data, path)
-        self._drop_old_periodic()
         return paths
-
-    def save_latest(self, state: dict[str, Any]) -> Path:
-        """Write `latest.pth` only (an interruption in the middle of an epoch)."""
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        path = self.run_dir / "latest.pth"
-        _write_atomic(buffer.getvalue(), path)
-        return path
 
     def _drop_old_periodic(self) -> None:
         if self.keep_last <= 0:
