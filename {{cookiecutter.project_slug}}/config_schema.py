@@ -61,9 +61,10 @@ def _check_names(value: list) -> str | None:
 
 
 def _object(doc: str, args: dict[str, Key] | None = None, types: tuple[type, ...] = (dict,),
-            default: Any = REQUIRED) -> Key:
+            default: Any = REQUIRED, extra: dict[str, Key] | None = None) -> Key:
     """A `{"type": ..., "args": {...}}` block that names a class and its keyword arguments;
-    `args` lists the arguments checked here (others go to the class as they are)."""
+    `args` lists the arguments checked here (others go to the class as they are); `extra`
+    adds keys of the block beside `type` and `args`."""
     return Key(
         types,
         doc,
@@ -71,6 +72,7 @@ def _object(doc: str, args: dict[str, Key] | None = None, types: tuple[type, ...
         children={
             "type": Key((str,), "name of the class"),
             "args": Key((dict,), "keyword arguments for the class", default={}, children=args or {}, open=True),
+            **(extra or {}),
         },
     )
 
@@ -101,8 +103,11 @@ SCHEMA: dict[str, Key] = {
         default=[], check=_check_names,
     ),
     "lr_scheduler": _object(
-        "scheduler class in `torch.optim.lr_scheduler` and its arguments, stepped once per epoch; null for none",
+        "scheduler class in `torch.optim.lr_scheduler` and its arguments; null for none",
         types=(dict, type(None)), default=None,
+        extra={"interval": Key((str, type(None)), "step the scheduler once per `epoch` or once per optimizer "
+                               "`step`; null: `step` for OneCycleLR and CyclicLR, `epoch` for the others",
+                               default=None, check=_one_of("epoch", "step"))},
     ),
     "trainer": Key((dict,), "training loop options", children={
         "epochs": Key((int,), "number of epochs to train", check=_at_least(1)),
@@ -115,6 +120,11 @@ SCHEMA: dict[str, Key] = {
         "monitor": Key((str,), "`off`, or `min <metric>` / `max <metric>` (e.g. `min val_loss`): "
                        "decides `model_best.pth` and early stopping",
                        default="off", check=_check_monitor),
+        "save_every_minutes": Key((int, float, type(None)), "also write `latest.pth` (with the position) inside "
+                                  "an epoch when this many minutes passed since the last save; null: only at "
+                                  "epoch ends", default=None, check=_above(0)),
+        "save_every_steps": Key((int, type(None)), "also write `latest.pth` inside an epoch every this many "
+                                "optimizer steps; null: only at epoch ends", default=None, check=_at_least(1)),
         "early_stop": Key((int,), "stop after this many epochs without improvement of the monitored "
                           "metric; 0 never stops early", default=0, check=_at_least(0)),
 {%- if cookiecutter.tensorboard == "yes" %}

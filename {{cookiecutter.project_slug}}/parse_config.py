@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from config_schema import validate
+from utils.branch import branch_folder, is_older_than_its_run, start_branch
 from utils.checkpoint import load_checkpoint
 from utils.errors import InputError
 
@@ -125,6 +126,7 @@ class ConfigParser:
         self.fine_tune = fine_tune  # -c with -r: start a new run from the checkpoint's weights
         self.run_id = run_id
         self.run_dir: Path | None = None
+        self.branched_from: Path | None = None  # the run folder a resume from an older checkpoint branched off
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, shortcuts: dict[str, str] | None = None) -> "ConfigParser":
@@ -173,8 +175,12 @@ class ConfigParser:
     def make_run_dir(self) -> Path:
         """Create (or, when resuming, reuse) the run directory and save the resolved config in it."""
         if self.resuming:
-            assert self.resume_path is not None
+            assert self.resume_path is not None and self.checkpoint is not None
             run_dir = self.resume_path.resolve().parent
+            if is_older_than_its_run(self.resume_path, self.checkpoint):
+                run_dir = branch_folder(run_dir, self.checkpoint["epoch"])
+                self.branched_from = self.resume_path.resolve().parent
+                start_branch(self.resume_path, self.checkpoint, run_dir)
         else:
             base = Path(self.config["trainer"]["save_dir"]) / self.config["name"]
             run_id = self.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")

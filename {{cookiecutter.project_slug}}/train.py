@@ -3,7 +3,9 @@
 import inspect
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -17,8 +19,14 @@ from logger import setup_logging
 from parse_config import ConfigParser, command_line_parser, folder_name, lookup
 from trainer import Trainer
 from utils import InputError, TrainingInterrupted, distributed, prepare_device, seed_everything
+from utils.errors import TrainingDiverged
+from utils.lr_schedule import resolve_plateau_mode
+from utils.signals import stop_request
 
 logger = logging.getLogger("train")
+
+# The file launch.py asks rank 0 to report a stop in (see report_stop).
+STOP_REPORT_ENV = "TRAIN_STOP_REPORT"
 
 # victoresque's shortcut options, as config keys they set.
 SHORTCUTS = {"lr": "optimizer.args.lr", "bs": "data_loader.args.batch_size"}
@@ -49,6 +57,7 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = config.init_obj("optimizer", torch.optim, torch.optim.Optimizer, parameters)
     lr_scheduler = None
+    resolve_plateau_mode(config.config)
     if config["lr_scheduler"] is not None:
         lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, LRScheduler, optimizer)
 
@@ -99,22 +108,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = ConfigParser.from_args(args, SHORTCUTS)
-        if args.dry_run:
-            dry_run(config)
-        else:
-            train(config)
+        with stop_request.listening():  # a signal while the run is being built stops it too
+            config = ConfigParser.from_args(args, SHORTCUTS)
+            if args.dry_run:
+                dry_run(config)
+            else:
+                train(config)  # a signal after the last optimizer step changes nothing: the run is done
     except InputError as exc:
         if distributed.is_main():  # under torchrun every rank fails alike: one says so
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        if distributed.is_main():
+            print(f"error: {exc}", file=sys.stderr)
+        return TrainingDiverged.EXIT_STATUS
     except TrainingInterrupted as exc:
         if distributed.is_main():
             print(exc, file=sys.stderr)
+            report_stop(exc)
         return 128 + exc.signal_number
     finally:
         distributed.shutdown()
     return 0
+
+
+def report_stop(exc: TrainingInterrupted) -> None:
+    """Tell launch.py (through the file it names in STOP_REPORT_ENV) that training stopped on a
+    signal and where its position was saved: torchrun itself exits 1 on a signal, whatever its
+    workers did, so the launcher learns it here."""
+    report = os.environ.get(STOP_REPORT_ENV)
+    if report and exc.checkpoint is not None:
+        Path(report).write_text(json.dumps({"signal": exc.signal_number, "checkpoint": exc.checkpoint}) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Base class of every data loader in data_loader/: a DataLoader with a validation split."""
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -10,6 +11,7 @@ from torch.utils.data.dataloader import default_collate
 
 from utils import distributed
 from utils.errors import InputError
+from utils.signals import ignore_stop_signals, stop_signals_blocked
 
 # The validation split is drawn with its own fixed seed, so it is the same for every run and
 # every trainer.seed, and a resumed run validates on exactly the images it validated on before.
@@ -74,7 +76,28 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % 2**63
 
 
-class BaseDataLoader(DataLoader):
+def _init_worker(worker_id: int, then: Callable[[int], None] | None = None) -> None:
+    ignore_stop_signals()  # the training process decides when to stop; see utils/signals.py
+    if then is not None:
+        then(worker_id)
+
+
+class StopSafeDataLoader(DataLoader):
+    """A DataLoader whose worker processes leave SIGINT and SIGTERM to the training process,
+    so that a signal to the whole process group stops training cleanly instead of killing
+    a worker under it."""
+
+    def __init__(self, *args: Any, worker_init_fn: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, worker_init_fn=functools.partial(_init_worker, then=worker_init_fn), **kwargs)
+
+    def __iter__(self) -> Any:
+        if self.num_workers == 0:
+            return super().__iter__()
+        with stop_signals_blocked():  # the workers start with the signals blocked
+            return super().__iter__()
+
+
+class BaseDataLoader(StopSafeDataLoader):
     """Loads `dataset` in batches, holding out `validation_split` of it (a fraction in [0, 1)
     or a number of samples) for `split_validation()`.
 
@@ -149,7 +172,8 @@ class BaseDataLoader(DataLoader):
         batches = EpochBatches(indices, self.batches.batch_size, shuffle=False, seed=0,
                                rank=distributed.rank(), world_size=distributed.world_size(), pad=False)
         # its own generator (of worker seeds), so that validating draws nothing from the global RNG
-        return DataLoader(dataset, generator=torch.Generator(), **self._batching(batches, dataset), **self._loader_args)
+        return StopSafeDataLoader(dataset, generator=torch.Generator(), **self._batching(batches, dataset),
+                                  **self._loader_args)
 
 
 def _split(n_samples: int, validation_split: float | int) -> tuple[list[int], list[int]]:

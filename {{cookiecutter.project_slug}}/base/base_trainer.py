@@ -2,25 +2,27 @@
 
 import logging
 import math
+import shutil
 import signal
-import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 {% if cookiecutter.tensorboard == "yes" %}from logger import MetricsCSV, TensorboardWriter, add_file_handler, remove_handler{% else %}from logger import MetricsCSV, add_file_handler, remove_handler{% endif %}
 from parse_config import ConfigParser
 from utils import distributed
 from utils.checkpoint import FORMAT_VERSION, CheckpointSaver, load_weights, unwrap_model
-from utils.errors import InputError, TrainingInterrupted
+from utils.errors import InputError, TrainingDiverged, TrainingInterrupted
+from utils.lr_schedule import scheduler_interval, step_scheduler
+from utils.resume import apply_changes, capture_hyperparameters, check_changes, config_changes
 from utils.seed import rng_state, set_rng_state
+from utils.signals import stop_request
 
 logger = logging.getLogger("trainer")
 
@@ -69,9 +71,7 @@ class BaseTrainer(ABC):
         self.monitor_mode, self.monitor_metric = ("off", "")
         if options["monitor"] != "off":
             self.monitor_mode, self.monitor_metric = options["monitor"].split()
-        if isinstance(lr_scheduler, ReduceLROnPlateau) and self.monitor_mode == "off":
-            raise InputError("config: 'lr_scheduler.type' ReduceLROnPlateau steps on the monitored metric; "
-                             "set 'trainer.monitor', e.g. 'min val_loss'")
+        self.scheduler_interval = scheduler_interval(config.config)  # 'epoch', 'step' or None
         self.monitor_best = math.inf if self.monitor_mode == "min" else -math.inf
         self.not_improved_count = 0
         self.start_epoch = 1
@@ -79,7 +79,16 @@ class BaseTrainer(ABC):
         self.resumed_epoch_metrics: dict[str, Any] | None = None  # their running metrics
         self.batches_done = 0  # of the current epoch; the subclass keeps it up to date
         self.global_step = 0
-        self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during train()
+        self.steps_in_process = 0  # optimizer steps taken by this process (not before a resume)
+        self.stop_signal: int | None = None  # SIGINT/SIGTERM that stops training, agreed by every rank
+        self.save_every_steps: int | None = options["save_every_steps"]
+        self.save_every_seconds: float | None = (
+            options["save_every_minutes"] * 60 if options["save_every_minutes"] is not None else None)
+        self._last_save = (time.monotonic(), 0)  # when, and at which global step, latest.pth was written
+        self._saver: CheckpointSaver | None = None
+        self.last_checkpoint: str | None = None  # what this run last wrote: the one to go back to
+        self._nonfinite_at = torch.full((), -1, dtype=torch.long)  # first batch of the epoch with a bad loss
+        self.batches_in_epoch = 0
 
     def check_monitor(self, logged_keys: list[str]) -> None:
         """Refuse a monitored metric that the trainer will never log."""
@@ -115,25 +124,69 @@ class BaseTrainer(ABC):
             self.scaler.unscale_(self.optimizer)
         if self.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        stepped = True
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            stepped = self.scaler.get_scale() >= scale  # a lowered scale means inf/NaN gradients: step skipped
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+        if stepped:
+            self.steps_in_process += 1
+            if self.scheduler_interval == "step":
+                step_scheduler(self.lr_scheduler)
+
+    def track_loss(self, loss: torch.Tensor, batch: int) -> None:
+        """Note (on the device, without waiting for it) the first batch of the epoch whose loss
+        is NaN or infinite; `check_finite` reads it."""
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite_at = torch.where(bad & (self._nonfinite_at < 0), batch, self._nonfinite_at)
+
+    def check_finite(self, epoch: int) -> None:
+        """Stop with TrainingDiverged if a loss of this epoch was NaN or infinite (or the weights
+        are), before anything holding such weights is written. Every DDP rank calls it at the
+        same batches."""
+        at = int(self._nonfinite_at.item())
+        weights_bad = not all(torch.isfinite(p).all() for p in self.model.parameters())
+        at, weights_bad = distributed.max_across_ranks([at, int(weights_bad)], self.device)
+        if at >= 0 or weights_bad:
+            raise TrainingDiverged(epoch, at if at >= 0 else self.batches_done, self.batches_in_epoch,
+                                   self.last_checkpoint)
 
     def step_due(self, batches_done: int, batches_per_epoch: int) -> bool:
         """Whether the optimizer steps after the `batches_done`-th batch of an epoch: every
         `accumulate_grad_batches` batches, and after the last batch of the epoch."""
         return batches_done % self.accumulate == 0 or batches_done == batches_per_epoch
 
+    def poll(self) -> tuple[bool, bool]:
+        """At an optimizer-step boundary: (stop now, save the position now), agreed by every DDP
+        rank (a signal may reach only some of them, and their clocks differ)."""
+        signal_number = stop_request.signal_number or 0
+        when, step = self._last_save
+        save_due = bool(
+            (self.save_every_steps is not None and self.global_step - step >= self.save_every_steps)
+            or (self.save_every_seconds is not None and time.monotonic() - when >= self.save_every_seconds)
+        )
+        signal_number, save_due = distributed.max_across_ranks([signal_number, int(save_due)], self.device)
+        self.stop_signal = signal_number or None
+        return self.stop_signal is not None, bool(save_due)
+
     def should_stop(self) -> bool:
-        """Whether a signal asks to stop, agreed by every DDP rank (a signal may reach only some)."""
-        if distributed.active():
-            agreed = distributed.max_across_ranks(self.stop_signal or 0, self.device)
-            self.stop_signal = agreed or None
-        return self.stop_signal is not None
+        """Whether a signal asks to stop (agreed by every DDP rank)."""
+        return self.poll()[0]
+
+    def begin_epoch(self, batches: int) -> None:
+        """Called by `_train_epoch` before its first batch; `batches`: the epoch's number of them."""
+        self.batches_in_epoch = batches
+        self._nonfinite_at = torch.full((), -1, dtype=torch.long, device=self.device)
+
+    def save_position(self, epoch: int) -> None:
+        """Write `latest.pth` at the current position inside `epoch` (trainer.save_every_*), so
+        that a process killed without warning loses only the batches since."""
+        self._save(self.state(epoch - 1, self.batches_done), epoch, latest_only=True)
 
     @abstractmethod
     def _train_epoch(self, epoch: int) -> dict[str, float] | None:
@@ -150,19 +203,75 @@ class BaseTrainer(ABC):
     def train(self) -> dict[str, float]:
         """Train to the last epoch (or early stop) and return the metrics of the last epoch.
 
-        SIGINT or SIGTERM stops training after the current batch: `latest.pth` is written with
-        the position inside the epoch and TrainingInterrupted is raised. Under DDP only rank 0
-        writes (run directory, train.log, metrics.csv, TensorBoard, checkpoints); every rank
-        takes the same decisions."""
-        run_dir = self._make_run_dir()
-        options = self.config["trainer"]
-        file_handler = add_file_handler(run_dir / "train.log", options["verbosity"]) if self.is_main else None
-        csv = MetricsCSV(run_dir / "metrics.csv", start_epoch=self.start_epoch) if self.is_main else None
+        SIGINT or SIGTERM stops training at the next optimizer step: `latest.pth` is written
+        with the position inside the epoch and TrainingInterrupted is raised. A NaN or infinite
+        loss raises TrainingDiverged before any checkpoint holds its weights. Under DDP only
+        rank 0 writes (run directory, train.log, metrics.csv, TensorBoard, checkpoints); every
+        rank takes the same decisions."""
+        with stop_request.listening():
+            if stop_request.signal_number is not None:  # arrived while the run was being built
+                raise TrainingInterrupted(stop_request.signal_number, None)
+            run_dir = self._make_run_dir()
+            options = self.config["trainer"]
+            file_handler = add_file_handler(run_dir / "train.log", options["verbosity"]) if self.is_main else None
+            csv = MetricsCSV(run_dir / "metrics.csv", start_epoch=self.start_epoch) if self.is_main else None
 {%- if cookiecutter.tensorboard == "yes" %}
-        writer = TensorboardWriter(run_dir, enabled=options["tensorboard"] and self.is_main,
-                                   start_epoch=self.start_epoch)
+            writer = TensorboardWriter(run_dir, enabled=options["tensorboard"] and self.is_main,
+                                       start_epoch=self.start_epoch)
 {%- endif %}
-        saver = CheckpointSaver(run_dir, options["save_period"], options["keep_last"]) if self.is_main else None
+            if self.is_main:
+                self._saver = CheckpointSaver(run_dir, options["save_period"], options["keep_last"])
+            self._log_start(run_dir)
+            failed = False
+            log: dict[str, float] = {}
+            try:
+                for epoch in range(self.start_epoch, self.epochs + 1):
+                    log = self._run_epoch(epoch, run_dir)
+                    if csv is not None:
+                        csv.write(log)
+{%- if cookiecutter.tensorboard == "yes" %}
+                    writer.write_epoch(epoch, log)
+{%- endif %}
+                    is_best = self._update_monitor(log)
+                    self._save(self.state(epoch), epoch, is_best=is_best)
+                    if self.early_stop and self.not_improved_count >= self.early_stop:
+                        logger.info("%s did not improve for %d epochs: stopping early.",
+                                    self.monitor_metric, self.early_stop)
+                        break
+                    if epoch < self.epochs and self.should_stop():
+                        self._stop(run_dir / "latest.pth", f"at the end of epoch {epoch}")
+            except Exception as exc:
+                failed = self._report_failure(exc, run_dir)
+                raise
+            finally:
+{%- if cookiecutter.tensorboard == "yes" %}
+                writer.close()
+{%- endif %}
+                if file_handler is not None:
+                    remove_handler(file_handler)
+                if failed:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+        return log
+
+    def _run_epoch(self, epoch: int, run_dir: Path) -> dict[str, float]:
+        """Train and validate `epoch`; its log row (`epoch`, metrics, `lr`), the scheduler stepped."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        metrics = self._train_epoch(epoch)
+        if metrics is None:  # a signal, in the middle of the epoch
+            self._save(self.state(epoch - 1, self.batches_done), epoch, latest_only=True)
+            self._stop(run_dir / "latest.pth", f"in epoch {epoch} after {self.batches_done} batches")
+        log = {"epoch": epoch, **metrics, "lr": lr}
+        if self.scheduler_interval == "epoch":
+            # steps_in_process 0: this epoch's optimizer steps were all taken before a resume
+            step_scheduler(self.lr_scheduler, log, self.monitor_metric, stepped_here=self.steps_in_process > 0)
+        summary = "  ".join(f"{key} {value:.6g}" for key, value in log.items() if key != "epoch")
+        logger.info("epoch %d: %s", epoch, summary)
+        return log
+
+    def _log_start(self, run_dir: Path) -> None:
+        if self.config.branched_from is not None:
+            logger.info("'%s' is older than the newest state of its run, %s, which is left as it is: "
+                        "branching into %s", self.config.resume_path, self.config.branched_from, run_dir)
         if self.config.resuming:
             logger.info("Resuming from '%s' at epoch %d with %d of its batches already trained, in %s",
                         self.config.resume_path, self.start_epoch, self.start_batch, run_dir)
@@ -170,40 +279,18 @@ class BaseTrainer(ABC):
             logger.info("Run directory: %s", run_dir)
         if distributed.active():
             logger.info("DDP: %d processes, %s", distributed.world_size(), self.device.type)
-        latest = run_dir / "latest.pth"
-        log: dict[str, float] = {}
-        try:
-            with self._stop_on_signals():
-                for epoch in range(self.start_epoch, self.epochs + 1):
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    metrics = self._train_epoch(epoch)
-                    if metrics is None:  # a signal, in the middle of the epoch
-                        self._save(saver, self.state(epoch - 1, self.batches_done), epoch, latest_only=True)
-                        self._stop(latest, f"in epoch {epoch} after {self.batches_done} batches")
-                    log = {"epoch": epoch, **metrics, "lr": lr}
-                    self._step_scheduler(log)
-                    summary = "  ".join(f"{key} {value:.6g}" for key, value in log.items() if key != "epoch")
-                    logger.info("epoch %d: %s", epoch, summary)
-                    if csv is not None:
-                        csv.write(log)
-{%- if cookiecutter.tensorboard == "yes" %}
-                    writer.write_epoch(epoch, log)
-{%- endif %}
-                    is_best = self._update_monitor(log)
-                    self._save(saver, self.state(epoch), epoch, is_best=is_best)
-                    if self.early_stop and self.not_improved_count >= self.early_stop:
-                        logger.info("%s did not improve for %d epochs: stopping early.",
-                                    self.monitor_metric, self.early_stop)
-                        break
-                    if epoch < self.epochs and self.should_stop():
-                        self._stop(latest, f"at the end of epoch {epoch}")
-        finally:
-{%- if cookiecutter.tensorboard == "yes" %}
-            writer.close()
-{%- endif %}
-            if file_handler is not None:
-                remove_handler(file_handler)
-        return log
+
+    def _report_failure(self, exc: Exception, run_dir: Path) -> bool:
+        """Log an error that ends training; True when the run folder is to be removed: a new run
+        that failed before writing any checkpoint leaves nothing behind. A resumed run's folder,
+        and a run stopped by a signal, are always kept."""
+        if isinstance(exc, TrainingInterrupted) or not self.is_main:
+            return False
+        remove = not self.config.resuming and self.last_checkpoint is None
+        reason = str(exc) if isinstance(exc, TrainingDiverged) else f"{type(exc).__name__}: {exc}"
+        logger.error("Training failed: %s%s", reason,
+                     f"; removing the run directory {run_dir}, which holds no checkpoint" if remove else "")
+        return remove
 
     def _make_run_dir(self) -> Path:
         """Rank 0 makes the run directory and tells the other ranks its path, or its error."""
@@ -219,17 +306,20 @@ class BaseTrainer(ABC):
         self.config.run_dir = Path(text)
         return Path(text)
 
-    def _save(self, saver: CheckpointSaver | None, state: dict[str, Any], epoch: int, is_best: bool = False,
-              latest_only: bool = False) -> None:
+    def _save(self, state: dict[str, Any], epoch: int, is_best: bool = False, latest_only: bool = False) -> None:
         """Rank 0 writes; under DDP the state carries every rank's RNG, and all ranks wait
-        until the files are written."""
+        until the files are written. Nothing is written while a loss of the epoch or the
+        weights are not finite."""
+        self.check_finite(epoch)
         if distributed.active():
             state["rng_per_rank"] = distributed.gather(state["rng"])
-        if saver is not None:
+        if self._saver is not None:
             if latest_only:
-                saver.save_latest(state)
+                self._saver.save_latest(state)
             else:
-                saver.save(state, epoch, is_best)
+                self._saver.save(state, epoch, is_best)
+            self.last_checkpoint = str(self._saver.run_dir / "latest.pth")
+        self._last_save = (time.monotonic(), self.global_step)
         if distributed.active():
             distributed.barrier()
 
@@ -238,32 +328,6 @@ class BaseTrainer(ABC):
         if self.is_main:
             logger.warning("Stopped by %s %s; saved %s", signal.Signals(self.stop_signal).name, where, checkpoint)
         raise TrainingInterrupted(self.stop_signal, str(checkpoint))
-
-    @contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """While training, SIGINT and SIGTERM only set `stop_signal` (the loop stops after the
-        batch in hand); a second one stops at once. Signals work in the main thread only."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signal_number: int, frame: FrameType | None) -> None:
-            if self.stop_signal is not None:  # asked twice: stop now
-                raise SystemExit(128 + signal_number)
-            self.stop_signal = signal_number
-
-        previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for number, old_handler in previous.items():
-                signal.signal(number, old_handler)
-
-    def _step_scheduler(self, log: dict[str, float]) -> None:
-        if isinstance(self.lr_scheduler, ReduceLROnPlateau):
-            self.lr_scheduler.step(log[self.monitor_metric])
-        elif self.lr_scheduler is not None:
-            self.lr_scheduler.step()
 
     def _update_monitor(self, log: dict[str, float]) -> bool:
         """Whether this epoch improved the monitored metric; counts epochs without improvement."""
@@ -316,11 +380,19 @@ class BaseTrainer(ABC):
                 f"checkpoint '{path}': saved with optimizer '{saved_optimizer}', the config asks for "
                 f"'{self.config['optimizer']['type']}'; resume with the same optimizer, or fine-tune with -c and -r"
             )
+        changes = config_changes(checkpoint["config"], self.config.config)
+        scheduler_type = self.config["lr_scheduler"]["type"] if self.config["lr_scheduler"] else None
+        check_changes(changes, scheduler_type, path)
+        fresh = capture_hyperparameters(self.optimizer, self.lr_scheduler)  # built from the new config
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         if self.scaler is not None and checkpoint.get("scaler") is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
+        applied = apply_changes(changes, self.optimizer, self.lr_scheduler, fresh, path)
+        if applied:
+            logger.info("Resuming with new values: %s",
+                        ", ".join(f"{key} {changes[key][0]!r} -> {changes[key][1]!r}" for key in applied))
         batches_done = checkpoint.get("batches_done", 0)
         if checkpoint["epoch"] >= self.epochs and not batches_done:
             raise InputError(

@@ -116,12 +116,25 @@ def test_early_stop_ends_training_when_the_monitor_stops_improving(make_config: 
 
 
 def test_reduce_lr_on_plateau_steps_on_the_monitored_metric(make_config: ConfigFactory, tmp_path: Path) -> None:
-    # mode 'max' on a falling val_loss: epoch 2 does not improve, so with patience 0 the lr halves
-    scheduler = {"type": "ReduceLROnPlateau", "args": {"mode": "max", "patience": 0, "factor": 0.5}}
+    # threshold 0.9 (relative): epoch 2 cannot improve on epoch 1 by 90%, so with patience 0 it halves the lr
+    scheduler = {"type": "ReduceLROnPlateau", "args": {"patience": 0, "factor": 0.5, "threshold": 0.9}}
     result = run(make_config(lr_scheduler=scheduler, trainer__monitor="min val_loss"))
     assert result["epoch"] == 2
     latest = torch.load(tmp_path / "saved" / "Mnist_LeNet" / "run" / "latest.pth", weights_only=True)
     assert latest["optimizer"]["param_groups"][0]["lr"] == 0.0005
+
+
+def test_reduce_lr_on_plateau_follows_a_max_monitor(make_config: ConfigFactory, tmp_path: Path) -> None:
+    # accuracy rises from epoch 1 to 2 on the synthetic digits: with the monitor's mode (max) nothing
+    # is cut; with torch's default mode (min) patience 0 would halve the lr after epoch 2
+    scheduler = {"type": "ReduceLROnPlateau", "args": {"patience": 0, "factor": 0.5}}
+    run(make_config(lr_scheduler=scheduler, trainer__monitor="max val_accuracy"))
+    run_dir = tmp_path / "saved" / "Mnist_LeNet" / "run"
+    accuracies = [float(row["val_accuracy"]) for row in read_metrics(run_dir)]
+    assert accuracies == sorted(accuracies) and accuracies[0] < accuracies[-1], accuracies
+    latest = torch.load(run_dir / "latest.pth", weights_only=True)
+    assert latest["optimizer"]["param_groups"][0]["lr"] == 0.001
+    assert json.loads((run_dir / "config.json").read_text())["lr_scheduler"]["args"]["mode"] == "max"
 
 
 def test_a_victoresque_config_runs_unchanged_apart_from_paths(

@@ -1,5 +1,6 @@
 """Trainer: what one training epoch and one validation epoch do."""
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from base import BaseTrainer
 from parse_config import ConfigParser
 from utils import distributed
 from utils.checkpoint import unwrap_model
+from utils.lr_schedule import check_step_budget
 from utils.tracker import MetricTracker
 
 # The progress bar shows the running loss; reading it synchronises with the device, so it is
@@ -44,6 +46,10 @@ class Trainer(BaseTrainer):
         self.valid_metrics = MetricTracker(*names)
         logged = names + ([f"val_{name}" for name in names] if valid_data_loader is not None else []) + ["lr"]
         self.check_monitor(logged)
+        if self.scheduler_interval == "step":
+            batches = (data_loader.batches_per_epoch() if hasattr(data_loader, "batches_per_epoch")
+                       else len(data_loader))
+            check_step_budget(lr_scheduler, math.ceil(batches / self.accumulate), self.epochs)
         if config.checkpoint is not None:
             self.restore(config.checkpoint)
 
@@ -68,6 +74,7 @@ class Trainer(BaseTrainer):
         with self.autocast():
             output = self.model(data)  # (B, num_classes) log-probabilities
             loss = self.criterion(output, target)
+        self.track_loss(loss, self.batches_done + 1)
         self.backward_and_step(loss, step)
         self._update(self.train_metrics, loss, output, target)
 
@@ -88,14 +95,21 @@ class Trainer(BaseTrainer):
         if skip and self.resumed_epoch_metrics is not None and self.is_main:  # summed over all ranks
             self.train_metrics.load_state(self.resumed_epoch_metrics, self.device)
         self.batches_done = skip
+        self.begin_epoch(total)
         description = f"epoch {epoch}/{self.epochs} train"
         with self._progress(self.data_loader, description, skip) as bar:
             for data, target in bar:
                 step = self.step_due(self.batches_done + 1, total)
                 self._train_batch(data, target, step)
                 self.batches_done += 1
-                if step and self.should_stop():  # stops between optimizer steps only
-                    return None
+                if step:  # stops and mid-epoch saves happen between optimizer steps only
+                    stop, save = self.poll()
+                    if stop:
+                        return None
+                    if save:
+                        self.save_position(epoch)
+                if self.batches_done % BAR_REFRESH_BATCHES == 0:
+                    self.check_finite(epoch)  # reads the device once every few batches, like the bar
                 if self.show_progress and self.batches_done % BAR_REFRESH_BATCHES == 1:
                     bar.set_postfix(loss=f"{self.train_metrics.average('loss'):.4f}", refresh=False)
         self.train_metrics.sum_across_ranks(self.device)
@@ -122,8 +136,7 @@ class Trainer(BaseTrainer):
         return self.valid_metrics.result()
 
     def _epoch_metrics_state(self) -> dict[str, Any]:
-        self.train_metrics.sum_across_ranks(self.device)  # every rank's samples so far, saved once
-        return self.train_metrics.state()
+        return self.train_metrics.state(self.device)  # every rank's samples so far, saved once
 
     def dry_run(self) -> dict[str, float]:
         """One training batch and one validation batch, to prove that everything fits together;

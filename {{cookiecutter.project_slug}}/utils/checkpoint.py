@@ -68,12 +68,15 @@ class CheckpointSaver:
             stale.unlink(missing_ok=True)
 
     def save(self, state: dict[str, Any], epoch: int, is_best: bool) -> list[Path]:
-        """Write `state` to every file due this epoch; returns those paths."""
-        names = ["latest.pth"]
-        if epoch % self.save_period == 0:
-            names.append(f"checkpoint-epoch{epoch}.pth")
+        """Write `state` to every file due this epoch; returns those paths. `latest.pth` comes
+        last, so that a kill between the writes never leaves a latest.pth that claims a best
+        value or an epoch whose own files were not written."""
+        names = []
         if is_best:
             names.append("model_best.pth")
+        if epoch % self.save_period == 0:
+            names.append(f"checkpoint-epoch{epoch}.pth")
+        names.append("latest.pth")
         paths = self._write(state, names)
         self._drop_old_periodic()
         return paths

@@ -68,14 +68,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def max_across_ranks(value: int, device: torch.device) -> int:
-    """The largest `value` of all ranks, on every rank (e.g. a signal number that reached only
-    some of them: 0 where none did)."""
+def max_across_ranks(values: list[int], device: torch.device) -> list[int]:
+    """The largest of each of `values` over all ranks, on every rank, in one collective (e.g. a
+    signal number that reached only some of them: 0 where none did)."""
     if not active():
-        return value
-    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+        return values
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
+    return tensor.tolist()
 
 
 def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,26 @@ class TrainingInterrupted(Exception):
     """Training stopped on a signal (SIGINT, SIGTERM) after saving `latest.pth`; train.py exits
     with 128 + the signal number, as a shell reports a process killed by that signal."""
 
-    def __init__(self, signal_number: int, checkpoint: str) -> None:
-        super().__init__(f"interrupted by signal {signal_number}; resume with: python train.py -r {checkpoint}")
+    def __init__(self, signal_number: int, checkpoint: str | None) -> None:
+        if checkpoint is None:
+            message = f"interrupted by signal {signal_number} before training started; nothing was saved"
+        else:
+            message = f"interrupted by signal {signal_number}; resume with: python train.py -r {checkpoint}"
+        super().__init__(message)
         self.signal_number = signal_number
+        self.checkpoint = checkpoint
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite. No checkpoint holding the weights it produced
+    is written; train.py prints one line and exits with EXIT_DIVERGED."""
+
+    EXIT_STATUS = 3
+
+    def __init__(self, epoch: int, batch: int, batches: int, last_good: str | None) -> None:
+        resume = (f"the last good checkpoint is {last_good}" if last_good is not None
+                  else "no checkpoint of this run was written")
+        super().__init__(
+            f"training diverged: the loss is NaN or infinite in epoch {epoch} at batch {batch} of {batches}; "
+            f"{resume}; try a lower 'optimizer.args.lr' or set 'trainer.clip_grad_norm'"
+        )

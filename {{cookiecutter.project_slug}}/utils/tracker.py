@@ -32,14 +32,18 @@ class MetricTracker:
     def sum_across_ranks(self, device: torch.device) -> None:
         """Replace this process's sums and counts by those of all DDP ranks together, so that
         every rank's averages are over every sample (no-op in a single process)."""
+        self._sums, self._counts = self._totals(device)
+
+    def _totals(self, device: torch.device) -> tuple[dict[str, torch.Tensor | float], dict[str, int]]:
+        """The sums and counts of all DDP ranks together (this process's own in a single one)."""
         if not distributed.active():
-            return
+            return dict(self._sums), dict(self._counts)
         sums = [torch.as_tensor(self._sums[key], dtype=torch.float64, device=device) for key in self.keys]
         counts = [torch.tensor(float(self._counts[key]), dtype=torch.float64, device=device) for key in self.keys]
         packed = distributed.sum_across_ranks(torch.stack(sums + counts))
         n = len(self.keys)
-        self._sums = {key: packed[i].float() for i, key in enumerate(self.keys)}
-        self._counts = {key: int(packed[n + i].item()) for i, key in enumerate(self.keys)}
+        return ({key: packed[i].float() for i, key in enumerate(self.keys)},
+                {key: int(packed[n + i].item()) for i, key in enumerate(self.keys)})
 
     def average(self, key: str) -> float:
         count = self._counts[key]
@@ -48,10 +52,12 @@ class MetricTracker:
     def result(self) -> dict[str, float]:
         return {key: self.average(key) for key in self.keys}
 
-    def state(self) -> dict[str, Any]:
-        """The running sums and counts, for a checkpoint written in the middle of an epoch."""
-        sums = {key: value.cpu() if isinstance(value, torch.Tensor) else value for key, value in self._sums.items()}
-        return {"sums": sums, "counts": dict(self._counts)}
+    def state(self, device: torch.device | None = None) -> dict[str, Any]:
+        """The running sums and counts of all DDP ranks together (this process's own are left as
+        they are, so the epoch can go on), for a checkpoint written in the middle of an epoch."""
+        totals, counts = self._totals(device or torch.device("cpu"))
+        sums = {key: value.cpu() if isinstance(value, torch.Tensor) else value for key, value in totals.items()}
+        return {"sums": sums, "counts": counts}
 
     def load_state(self, state: dict[str, Any], device: torch.device) -> None:
         self._sums = {key: value.to(device) if isinstance(value, torch.Tensor) else value

@@ -1,0 +1,61 @@
+"""Resuming from a checkpoint older than its run's newest state branches into a new run folder.
+
+Resuming in place from an older checkpoint would overwrite `latest.pth` and `model_best.pth`
+with worse models and drop the later rows of `metrics.csv`: work of later epochs, lost. So the
+older checkpoint starts a branch beside the run instead, `<run>-from-epoch<E>`, which carries
+what the run had at that point (its metrics.csv rows up to epoch E, its model_best.pth if that
+is not from a later epoch, the checkpoint itself as the branch's latest.pth), and the original
+run folder is left exactly as it was.
+"""
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from utils.checkpoint import load_checkpoint
+from utils.errors import InputError
+
+
+def position(checkpoint: dict[str, Any]) -> tuple[int, int]:
+    """(last finished epoch, batches of the next epoch already trained)."""
+    return checkpoint["epoch"], checkpoint.get("batches_done", 0)
+
+
+def is_older_than_its_run(resume_path: Path, checkpoint: dict[str, Any]) -> bool:
+    """Whether the run folder holding `resume_path` has a later state in its latest.pth. An
+    unreadable latest.pth counts as later: it is not ours to overwrite."""
+    latest = resume_path.resolve().parent / "latest.pth"
+    if not latest.is_file() or latest.samefile(resume_path):
+        return False
+    try:
+        newest = load_checkpoint(latest)
+    except InputError:
+        return True
+    return position(checkpoint) < position(newest)
+
+
+def branch_folder(source: Path, epoch: int) -> Path:
+    """A new folder name beside `source` for a branch from `epoch`."""
+    candidate = source.parent / f"{source.name}-from-epoch{epoch}"
+    suffix = 1
+    while candidate.exists():
+        suffix += 1
+        candidate = source.parent / f"{source.name}-from-epoch{epoch}-{suffix}"
+    return candidate
+
+
+def start_branch(resume_path: Path, checkpoint: dict[str, Any], branch: Path) -> None:
+    """Fill the new folder `branch` with what the run had at the checkpoint's position."""
+    source = resume_path.resolve().parent
+    branch.mkdir(parents=True)
+    shutil.copy2(resume_path, branch / "latest.pth")
+    if (source / "metrics.csv").is_file():
+        shutil.copy2(source / "metrics.csv", branch / "metrics.csv")  # later rows: dropped by MetricsCSV
+    best = source / "model_best.pth"
+    if best.is_file():
+        try:
+            best_epoch = load_checkpoint(best)["epoch"]
+        except InputError:
+            return
+        if best_epoch <= checkpoint["epoch"]:
+            shutil.copy2(best, branch / "model_best.pth")

@@ -1,0 +1,106 @@
+"""What a resumed run may change: the config keys whose new values are applied on top of the
+restored state, and the refusal of every other difference.
+
+A resumed run restores the optimizer and scheduler from the checkpoint, and their saved
+hyper-parameters would otherwise win over what the user asked for, while the run's config.json
+recorded the request: a run's files must never record a value the run did not use.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from config_schema import validate
+from utils.errors import InputError
+
+# Keys read afresh from the config: changing them on resume just works.
+TAKEN_AS_GIVEN = {
+    "trainer.epochs", "trainer.early_stop", "trainer.save_period", "trainer.keep_last", "trainer.verbosity",
+    "trainer.save_every_minutes", "trainer.save_every_steps", "trainer.tensorboard",
+    "n_gpu", "data_loader.args.num_workers",  # where it runs and how fast it loads, not what it computes
+}
+# Schedulers that fix their whole schedule when built: their arguments cannot change mid-run.
+FIXED_SCHEDULES = ("OneCycleLR", "CyclicLR", "CosineAnnealingWarmRestarts", "SequentialLR", "ChainedScheduler")
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of every leaf (lists are leaves)."""
+    leaves: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            leaves.update(flatten(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (saved value, new value) for every key whose value differs."""
+    try:
+        saved = validate(saved)  # defaults filled in, as in `current`
+    except InputError:
+        pass  # saved by an older schema: compare what is there
+    old, new = flatten(saved), flatten(current)
+    missing = object()
+    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+            if old.get(key, missing) != new.get(key, missing)}
+
+
+def check_changes(changes: dict[str, tuple[Any, Any]], scheduler_type: str | None, path: Path | None) -> None:
+    """Refuse, in one line, a change that a resumed run cannot honour."""
+    for key, (old, new) in changes.items():
+        if key in TAKEN_AS_GIVEN or key.startswith("optimizer.args."):
+            continue
+        if key.startswith("lr_scheduler.args.") and scheduler_type not in FIXED_SCHEDULES:
+            continue
+        if key.startswith("lr_scheduler.args."):
+            why = f"{scheduler_type} fixes its whole schedule when it is built"
+        elif key == "optimizer.type":
+            why = "the saved optimizer state belongs to the saved optimizer"
+        elif key == "data_loader.args.batch_size":
+            why = "a position inside an epoch is counted in batches of the saved size"
+        else:
+            why = "it would no longer be the same run"
+        raise InputError(
+            f"checkpoint '{path}': resuming cannot change '{key}' ({old!r} -> {new!r}): {why}; "
+            "to train with it, start a new run from these weights with -c CONFIG -r CHECKPOINT"
+        )
+
+
+def capture_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[list[dict], dict]:
+    """The freshly built optimizer's param-group settings and scheduler state (built from the
+    new config), taken before the checkpoint's state is loaded over them."""
+    groups = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    state = dict(scheduler.state_dict()) if scheduler is not None else {}
+    return groups, state
+
+
+def apply_changes(changes: dict[str, tuple[Any, Any]], optimizer: torch.optim.Optimizer, scheduler: Any,
+                  fresh: tuple[list[dict], dict], path: Path | None) -> list[str]:
+    """Put the new `optimizer.args.*` and `lr_scheduler.args.*` values into the restored
+    optimizer and scheduler; returns the keys applied. A new lr also becomes the scheduler's
+    base lr, so the schedule continues from it."""
+    groups, scheduler_state = fresh
+    applied = []
+    for key in changes:
+        name = key.rpartition(".")[2]
+        if key.startswith("optimizer.args."):
+            for group, new in zip(optimizer.param_groups, groups, strict=True):
+                group[name] = new[name]
+                if name == "lr" and "initial_lr" in group:
+                    group["initial_lr"] = new[name]
+            if name == "lr" and scheduler is not None and hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs = [group["lr"] for group in optimizer.param_groups]
+            applied.append(key)
+        elif key.startswith("lr_scheduler.args.") and scheduler is not None:
+            if name not in scheduler_state:
+                raise InputError(
+                    f"checkpoint '{path}': resuming cannot change '{key}': {type(scheduler).__name__} keeps no "
+                    "setting of that name to update; start a new run from these weights with -c CONFIG -r CHECKPOINT"
+                )
+            setattr(scheduler, name, scheduler_state[name])
+            if hasattr(scheduler, "_init_is_better"):  # ReduceLROnPlateau derives its comparison from these
+                scheduler._init_is_better(scheduler.mode, scheduler.threshold, scheduler.threshold_mode)
+            applied.append(key)
+    return applied
