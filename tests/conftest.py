@@ -26,9 +26,10 @@ EXPECTED_FILES = {
     "model/__init__.py", "model/loss.py", "model/metric.py", "model/model.py",
     "trainer/__init__.py", "trainer/trainer.py",
     "utils/__init__.py", "utils/checkpoint.py", "utils/device.py", "utils/errors.py", "utils/seed.py",
-    "utils/tracker.py", "utils/distributed.py",
+    "utils/tracker.py", "utils/distributed.py", "utils/fit_check.py",
     "tests/conftest.py", "tests/test_bad_inputs.py", "tests/test_checkpoint.py", "tests/test_config.py",
-    "tests/test_data.py", "tests/test_resume.py", "tests/test_scaling.py", "tests/test_training.py",
+    "tests/test_data.py", "tests/test_fit_check.py", "tests/test_resume.py", "tests/test_scaling.py",
+    "tests/test_training.py",
     ".github/workflows/tests.yml",
 }
 
@@ -43,7 +44,7 @@ def expected_files(answers: dict[str, str]) -> set[str]:
     if answers.get("github_actions") == "no":
         files.discard(".github/workflows/tests.yml")
     if answers.get("dataset") == "image_folder":
-        files |= {"data_loader/image_folder.py", "config_mnist.json"}
+        files |= {"data_loader/image_folder.py", "config_mnist.json", "tests/test_image_folder.py"}
     return files
 
 

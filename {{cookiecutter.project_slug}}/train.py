@@ -1,6 +1,5 @@
 """Train a model: python train.py -c config.json [-r CHECKPOINT] [-o KEY=VALUE ...] [--dry-run]"""
 
-import inspect
 import json
 import logging
 import sys
@@ -17,6 +16,7 @@ from logger import setup_logging
 from parse_config import ConfigParser, command_line_parser, folder_name, lookup
 from trainer import Trainer
 from utils import InputError, TrainingInterrupted, distributed, prepare_device, seed_everything
+from utils.fit_check import accepts, check_model_fits_data
 
 logger = logging.getLogger("train")
 
@@ -45,6 +45,7 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     logger.debug(model)
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
+    check_model_fits_data(model, data_loader, criterion, metric_fns, device)  # before any run folder exists
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = config.init_obj("optimizer", torch.optim, torch.optim.Optimizer, parameters)
@@ -59,13 +60,6 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
         config=config, device=device, device_ids=device_ids,
         data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler,
     )
-
-
-def accepts(cls: type, parameter: str) -> bool:
-    try:
-        return parameter in inspect.signature(cls).parameters
-    except ValueError:
-        return False
 
 
 def train(config: ConfigParser) -> dict[str, float]:
