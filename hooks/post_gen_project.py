@@ -19,7 +19,8 @@ REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
     (LICENSE == "none", ("LICENSE",)),
     (not TENSORBOARD, ("logger/visualization.py",)),
     (not GITHUB_ACTIONS, (".github",)),
-    (DATASET != "image_folder", ("data_loader/image_folder.py", "config_image_folder.json")),
+    (DATASET != "image_folder", ("data_loader/image_folder.py", "config_image_folder.json",
+                                 "tests/test_image_folder.py")),
 ]
 
 # (condition, source, destination): files that an answer puts in place of another

@@ -19,7 +19,7 @@ Render = Callable[..., Path]
 # The files of a project rendered with the default answers.
 EXPECTED_FILES = {
     ".cookiecutter.json", ".gitignore", "LICENSE", "README.md", "config.json", "config_schema.py",
-    "parse_config.py", "pyproject.toml", "requirements.txt", "requirements-dev.txt", "test.py", "train.py",
+    "parse_config.py", "pyproject.toml", "launch.py", "slurm/train.sbatch", "requirements.txt", "requirements-dev.txt", "test.py", "train.py",
     "base/__init__.py", "base/base_data_loader.py", "base/base_model.py", "base/base_trainer.py",
     "data_loader/__init__.py", "data_loader/data_loaders.py",
     "logger/__init__.py", "logger/logger.py", "logger/metrics_csv.py", "logger/visualization.py",
@@ -27,9 +27,10 @@ EXPECTED_FILES = {
     "trainer/__init__.py", "trainer/trainer.py",
     "utils/__init__.py", "utils/checkpoint.py", "utils/device.py", "utils/errors.py", "utils/seed.py",
     "utils/tracker.py", "utils/distributed.py", "utils/signals.py", "utils/lr_schedule.py", "utils/resume.py",
-    "utils/branch.py",
+    "utils/branch.py", "utils/fit_check.py",
     "tests/conftest.py", "tests/test_bad_inputs.py", "tests/test_checkpoint.py", "tests/test_config.py",
-    "tests/test_data.py", "tests/test_resume.py", "tests/test_scaling.py", "tests/test_training.py",
+    "tests/test_data.py", "tests/test_fit_check.py", "tests/test_resume.py", "tests/test_scaling.py",
+    "tests/test_training.py",
     ".github/workflows/tests.yml",
 }
 
@@ -44,7 +45,7 @@ def expected_files(answers: dict[str, str]) -> set[str]:
     if answers.get("github_actions") == "no":
         files.discard(".github/workflows/tests.yml")
     if answers.get("dataset") == "image_folder":
-        files |= {"data_loader/image_folder.py", "config_mnist.json"}
+        files |= {"data_loader/image_folder.py", "config_mnist.json", "tests/test_image_folder.py"}
     return files
 
 

@@ -2,6 +2,7 @@
 
 import logging
 import sys
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -12,9 +13,10 @@ import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
 from logger import setup_logging
-from parse_config import ConfigParser, command_line_parser
+from parse_config import ConfigParser, command_line_parser, lookup
 from utils import InputError, MetricTracker, prepare_device
 from utils.checkpoint import load_weights
+from utils.fit_check import accepts, check_model_fits_data
 
 logger = logging.getLogger("test")
 
@@ -27,14 +29,13 @@ def evaluate(config: ConfigParser) -> dict[str, float]:
         raise InputError("no checkpoint: give the checkpoint to evaluate with -r")
     setup_logging(config["trainer"]["verbosity"])
     device, _ = prepare_device(config["n_gpu"])
-    data_loader = config.init_obj(
-        "data_loader", module_data, DataLoader, shuffle=False, validation_split=0.0, training=False
-    )
+    data_loader = build_test_loader(config, config.checkpoint)
     model = config.init_obj("arch", module_arch, torch.nn.Module)
     load_weights(model, config.checkpoint, config["arch"]["type"], config.resume_path)
     model.to(device).eval()
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
+    check_model_fits_data(model, data_loader, criterion, metric_fns, device)
 
     tracker = MetricTracker("loss", *(fn.__name__ for fn in metric_fns))
     show_progress = config["trainer"]["verbosity"] >= 1
@@ -46,6 +47,26 @@ def evaluate(config: ConfigParser) -> dict[str, float]:
         for fn in metric_fns:
             tracker.update(fn.__name__, fn(output, target), n)
     return tracker.result()
+
+
+def build_test_loader(config: ConfigParser, checkpoint: dict[str, Any]) -> DataLoader:
+    """The config's data loader over the test split (`training=False`), unshuffled, without a
+    validation split where the loader has those arguments, and labelled with the checkpoint's
+    classes where both the checkpoint and the loader have them."""
+    name = config["data_loader"]["type"]
+    loader_class = lookup(module_data, name, "data_loader.type", DataLoader)
+    if not accepts(loader_class, "training"):
+        raise InputError(
+            f"data loader '{name}' has no 'training' argument, which test.py needs to load the test split; "
+            f"add training: bool = True to {name}.__init__ (see README: use your own data)"
+        )
+    options: dict[str, Any] = {"training": False}
+    for parameter, value in (("shuffle", False), ("validation_split", 0.0)):
+        if accepts(loader_class, parameter):
+            options[parameter] = value
+    if checkpoint.get("classes") is not None and accepts(loader_class, "classes"):
+        options["classes"] = checkpoint["classes"]
+    return config.init_obj("data_loader", module_data, DataLoader, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,5 @@
 """Train a model: python train.py -c config.json [-r CHECKPOINT] [-o KEY=VALUE ...] [--dry-run]"""
 
-import inspect
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from utils import InputError, TrainingInterrupted, distributed, prepare_device, 
 from utils.errors import TrainingDiverged
 from utils.lr_schedule import resolve_plateau_mode
 from utils.signals import stop_request
+from utils.fit_check import accepts, check_model_fits_data
 
 logger = logging.getLogger("train")
 
@@ -53,6 +53,7 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     logger.debug(model)
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
+    check_model_fits_data(model, data_loader, criterion, metric_fns, device)  # before any run folder exists
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = config.init_obj("optimizer", torch.optim, torch.optim.Optimizer, parameters)
@@ -68,13 +69,6 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
         config=config, device=device, device_ids=device_ids,
         data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler,
     )
-
-
-def accepts(cls: type, parameter: str) -> bool:
-    try:
-        return parameter in inspect.signature(cls).parameters
-    except ValueError:
-        return False
 
 
 def train(config: ConfigParser) -> dict[str, float]:

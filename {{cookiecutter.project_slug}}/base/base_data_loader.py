@@ -17,6 +17,8 @@ from utils.signals import ignore_stop_signals, stop_signals_blocked
 # every trainer.seed, and a resumed run validates on exactly the images it validated on before.
 SPLIT_SEED = 0
 
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
 
 class EpochBatches(Sampler[list[int]]):
     """The batches of one epoch: `indices` in an order that depends only on (`seed`, epoch) when
@@ -149,6 +151,20 @@ class BaseDataLoader(StopSafeDataLoader):
     def batches_per_epoch(self) -> int:
         return self.batches.batches_per_epoch()
 
+    def max_label(self) -> int | None:
+        """The largest class label of the training and validation data, when the datasets can
+        tell without loading samples (a TensorDataset whose last tensor holds integer labels,
+        or a dataset with `targets`, as torchvision's have); None when neither can tell."""
+        labels = [_max_label(dataset) for dataset in (self.dataset, self.valid_dataset) if dataset is not None]
+        return max((label for label in labels if label is not None), default=None)
+
+    def sample_batch(self) -> Any:
+        """A batch of the first training sample alone, collated as the loader's batches are
+        (for checks that the model fits the data; no worker is started); None without samples."""
+        if not self.train_indices:
+            return None
+        return self._collate_fn([self.dataset[self.train_indices[0]]])
+
     def _fetches_whole_batches(self, dataset: Dataset) -> bool:
         """Tensors in memory are fetched a batch at a time (one indexing per tensor) rather than
         sample by sample and stacked by the collate function: the same batches, far cheaper."""
@@ -174,6 +190,15 @@ class BaseDataLoader(StopSafeDataLoader):
         # its own generator (of worker seeds), so that validating draws nothing from the global RNG
         return StopSafeDataLoader(dataset, generator=torch.Generator(), **self._batching(batches, dataset),
                                   **self._loader_args)
+
+
+def _max_label(dataset: Dataset) -> int | None:
+    labels = dataset.tensors[-1] if isinstance(dataset, TensorDataset) else getattr(dataset, "targets", None)
+    if isinstance(labels, list) and labels and all(type(label) is int for label in labels):
+        return max(labels)
+    if isinstance(labels, torch.Tensor) and labels.dim() == 1 and labels.numel() and labels.dtype in INTEGER_DTYPES:
+        return int(labels.max())
+    return None  # no labels, or not class indices (floats, one-hot, masks): nothing to check
 
 
 def _split(n_samples: int, validation_split: float | int) -> tuple[list[int], list[int]]:

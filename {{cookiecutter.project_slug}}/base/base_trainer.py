@@ -363,6 +363,7 @@ class BaseTrainer(ABC):
             "not_improved_count": self.not_improved_count,
             "rng": rng_state(),
             "data_loader_seed": getattr(loader, "seed", None),
+            "classes": getattr(self.data_loader, "classes", None),
             "config": self.config.config,
         }
 

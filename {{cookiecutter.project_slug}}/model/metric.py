@@ -14,5 +14,7 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def top_k_acc(output: torch.Tensor, target: torch.Tensor, k: int = 3) -> torch.Tensor:
     """Fraction of samples whose target is among the `k` highest-scoring classes."""
+    if k > output.size(1):  # topk's own error names neither the metric nor the class count
+        raise ValueError(f"top-k with k={k} needs at least {k} classes, the model outputs {output.size(1)}")
     top_k = output.topk(k, dim=1).indices  # (B, k)
     return (top_k == target.unsqueeze(1)).any(dim=1).float().mean()

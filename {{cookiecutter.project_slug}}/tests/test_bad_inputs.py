@@ -103,6 +103,16 @@ CATALOGUE = [
       "arguments", lr_scheduler__args={}),
     c("plateau-without-monitor", "'lr_scheduler.type' ReduceLROnPlateau steps on the monitored metric", "arguments",
       lr_scheduler={"type": "ReduceLROnPlateau", "args": {}}, trainer__monitor="off"),
+    c("num-classes-below-labels",
+      "config: labels go up to 9 but the model outputs 5 classes (arch.args.num_classes?)", "arguments",
+      arch__args={"num_classes": 5}),
+    Case("num-classes-below-labels-dry-run", "arguments", ("-c", "config.json", "--dry-run"),
+         "config: labels go up to 9 but the model outputs 5 classes", {"arch.args": {"num_classes": 5}}),
+    Case("top-k-above-classes", "arguments",
+         ("-c", "config.json", "-o", "data_loader.args.data_dir=two_classes", "-o", "arch.args.num_classes=2"),
+         "config: metric 'top_k_acc': top-k with k=3 needs at least 3 classes, the model outputs 2"),
+    Case("test-num-classes-below-labels", "arguments", ("-r", "five_classes.pth"),
+         "config: labels go up to 9 but the model outputs 5 classes", script="test"),
     # The command line
     Case("no-config-no-checkpoint", "cli", (), "no config: give a config file with -c or a checkpoint with -r"),
     Case("unknown-option", "cli", ("-c", "config.json", "--epochs", "3"), "unrecognized arguments: --epochs 3"),
@@ -207,6 +217,11 @@ def make_workspace(root: Path, mnist_dir: Path, good: bytes, edits: dict[str, An
     shutil.copytree(mnist_dir / "MNIST" / "raw", damaged)
     images = damaged / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-100])  # a download cut short
+    two_classes = root / "two_classes" / "MNIST" / "raw"
+    shutil.copytree(mnist_dir / "MNIST" / "raw", two_classes)
+    for labels in two_classes.glob("*-labels-idx1-ubyte"):
+        data = labels.read_bytes()
+        labels.write_bytes(data[:8] + bytes(label % 2 for label in data[8:]))  # digits 0-9 -> 0, 1
     (root / "good.pth").write_bytes(good)
     (root / "truncated.pth").write_bytes(good[: len(good) // 2])
     (root / "notes.pth").write_text("my notes, not a checkpoint\n")
@@ -217,6 +232,9 @@ def make_workspace(root: Path, mnist_dir: Path, good: bytes, edits: dict[str, An
     torch.save({**checkpoint, "arch": "ResNet"}, root / "other_arch.pth")
     reshaped = dict(checkpoint["state_dict"], **{"fc2.bias": torch.zeros(5)})
     torch.save({**checkpoint, "state_dict": reshaped}, root / "reshaped.pth")
+    five = {**checkpoint["config"], "arch": {"type": "MnistModel", "args": {"num_classes": 5}}}
+    five_weights = dict(checkpoint["state_dict"], **{"fc2.weight": torch.zeros(5, 50), "fc2.bias": torch.zeros(5)})
+    torch.save({**checkpoint, "state_dict": five_weights, "config": five}, root / "five_classes.pth")
 
 
 def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:

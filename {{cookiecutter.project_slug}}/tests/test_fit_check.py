@@ -1,0 +1,165 @@
+"""Model, data and config that do not fit each other are refused while building, and the check
+that finds out changes nothing about the run; test.py names what a user's loader lacks."""
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+import data_loader as module_data
+import test as test_script
+import train
+from base import BaseDataLoader
+from data_loader import MnistDataLoader
+from model.loss import nll_loss
+from model.metric import accuracy, top_k_acc
+from parse_config import ConfigParser
+from utils.errors import InputError
+from utils.fit_check import check_model_fits_data
+
+ConfigFactory = Callable[..., dict[str, Any]]
+CPU = torch.device("cpu")
+
+
+def test_top_k_acc_refuses_more_k_than_classes() -> None:
+    output = torch.randn(4, 2).log_softmax(dim=1)
+    with pytest.raises(ValueError, match="top-k with k=3 needs at least 3 classes, the model outputs 2"):
+        top_k_acc(output, torch.tensor([0, 1, 1, 0]))
+    assert top_k_acc(output, torch.tensor([0, 1, 1, 0]), k=2) == 1.0
+
+
+class Unlabelled(Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.zeros(3), index % 4
+
+
+def test_max_label_is_read_from_labels_without_loading_samples(mnist_dir: Path) -> None:
+    assert MnistDataLoader(str(mnist_dir), batch_size=8, validation_split=0.1).max_label() == 9
+    labels = TensorDataset(torch.zeros(6, 3), torch.tensor([0, 4, 2, 1, 0, 3]))
+    assert BaseDataLoader(labels, 2, False, 0.0, 0).max_label() == 4
+    targets = Unlabelled()
+    targets.targets = [0, 7, 1]  # type: ignore[attr-defined]  # as torchvision's datasets have them
+    assert BaseDataLoader(targets, 2, False, 0.0, 0, valid_dataset=labels).max_label() == 7
+    assert BaseDataLoader(Unlabelled(), 2, False, 0.0, 0).max_label() is None
+    regression = TensorDataset(torch.zeros(6, 3), torch.rand(6))
+    assert BaseDataLoader(regression, 2, False, 0.0, 0).max_label() is None
+
+
+def test_without_known_labels_the_sample_label_is_checked() -> None:
+    loader = BaseDataLoader(Unlabelled(), 2, False, 0.0, 0)  # first sample: label 0
+    check_model_fits_data(nn.Sequential(nn.Linear(3, 1), nn.LogSoftmax(dim=1)), loader, nll_loss, [], CPU)
+    later = BaseDataLoader(Unlabelled(), 2, False, 0.0, 0)
+    later.train_indices = [3]  # a sample of label 3
+    with pytest.raises(InputError, match="labels go up to 3 but the model outputs 2 classes"):
+        check_model_fits_data(nn.Sequential(nn.Linear(3, 2), nn.LogSoftmax(dim=1)), later, nll_loss, [], CPU)
+
+
+class RandomDataset(Dataset):
+    """Each fetch draws from every global RNG, as random augmentations do."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        random.random()
+        np.random.rand()
+        return torch.rand(3), torch.tensor(index % 2)
+
+
+class RandomInEval(nn.Module):
+    """Draws noise even in eval mode; its second layer is meant to stay in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.frozen = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.linear(x) + torch.randn(x.size(0), 2)).log_softmax(dim=1)
+
+
+def test_the_check_restores_every_rng_and_every_module_mode() -> None:
+    loader = BaseDataLoader(RandomDataset(), 2, True, 0.0, 0)
+    model = RandomInEval()
+    model.frozen.eval()
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    check_model_fits_data(model, loader, nll_loss, [accuracy], CPU)
+    after = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    assert torch.equal(before[0], after[0]) and before[1] == after[1] and np.array_equal(before[2], after[2])
+    assert model.training and model.linear.training and not model.frozen.training
+
+
+def test_a_run_with_the_check_is_bitwise_the_run_without(
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def final_weights(run_id: str) -> dict[str, torch.Tensor]:
+        parser = ConfigParser(make_config(trainer__epochs=1), run_id=run_id)
+        train.train(parser)
+        assert parser.run_dir is not None
+        return torch.load(parser.run_dir / "latest.pth", weights_only=True)["state_dict"]
+
+    checked = final_weights("checked")
+    monkeypatch.setattr(train, "check_model_fits_data", lambda *args: None)
+    unchecked = final_weights("unchecked")
+    assert all(torch.equal(checked[key], unchecked[key]) for key in checked)
+
+
+class NoTrainingLoader(BaseDataLoader):
+    """A user's loader that forgot test.py's `training` argument."""
+
+    def __init__(self, data_dir: str, batch_size: int, shuffle: bool = True, validation_split: float = 0.0,
+                 num_workers: int = 0) -> None:
+        super().__init__(MnistDataLoader(data_dir, batch_size).dataset, batch_size, shuffle, validation_split,
+                         num_workers)
+
+
+class OnlyTrainingLoader(BaseDataLoader):
+    """A user's loader with `training` but neither `shuffle` nor `validation_split`."""
+
+    def __init__(self, data_dir: str, batch_size: int, training: bool = True) -> None:
+        super().__init__(MnistDataLoader(data_dir, batch_size, training=training).dataset, batch_size, False,
+                         0.0, 0)
+
+
+@pytest.fixture
+def checkpoint_path(make_config: ConfigFactory) -> Path:
+    parser = ConfigParser(make_config(trainer__epochs=1), run_id="run")
+    train.train(parser)
+    assert parser.run_dir is not None
+    return parser.run_dir / "latest.pth"
+
+
+def test_test_py_names_the_missing_training_argument(
+    make_config: ConfigFactory, checkpoint_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for loader in (NoTrainingLoader, OnlyTrainingLoader):
+        monkeypatch.setattr(module_data, loader.__name__, loader, raising=False)
+    config = make_config()
+    data_dir = config["data_loader"]["args"]["data_dir"]
+    config["data_loader"] = {"type": "NoTrainingLoader", "args": {"data_dir": data_dir, "batch_size": 32}}
+    (tmp_path / "no_training.json").write_text(json.dumps(config))
+    status = test_script.main(["-r", str(checkpoint_path), "-c", str(tmp_path / "no_training.json")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert err == ("error: data loader 'NoTrainingLoader' has no 'training' argument, which test.py needs to load "
+                   "the test split; add training: bool = True to NoTrainingLoader.__init__ "
+                   "(see README: use your own data)\n")
+
+    config["data_loader"]["type"] = "OnlyTrainingLoader"  # shuffle and validation_split are not forced on it
+    (tmp_path / "only_training.json").write_text(json.dumps(config))
+    status = test_script.main(["-r", str(checkpoint_path), "-c", str(tmp_path / "only_training.json")])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert "accuracy: " in out
