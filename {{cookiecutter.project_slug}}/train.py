@@ -19,9 +19,9 @@ from parse_config import ConfigParser, command_line_parser, folder_name, lookup
 from trainer import Trainer
 from utils import InputError, TrainingInterrupted, distributed, prepare_device, seed_everything
 from utils.errors import TrainingDiverged
+from utils.fit_check import accepts, check_model_fits_data
 from utils.lr_schedule import resolve_plateau_mode
 from utils.signals import stop_request
-from utils.fit_check import accepts, check_model_fits_data
 
 logger = logging.getLogger("train")
 
