@@ -89,6 +89,7 @@ class BaseTrainer(ABC):
         self.last_checkpoint: str | None = None  # what this run last wrote: the one to go back to
         self._nonfinite_at = torch.full((), -1, dtype=torch.long)  # first batch of the epoch with a bad loss
         self.batches_in_epoch = 0
+        self.resumed_with = ""  # the config changes a resume applied, for the log
 
     def check_monitor(self, logged_keys: list[str]) -> None:
         """Refuse a monitored metric that the trainer will never log."""
@@ -275,6 +276,8 @@ class BaseTrainer(ABC):
         if self.config.resuming:
             logger.info("Resuming from '%s' at epoch %d with %d of its batches already trained, in %s",
                         self.config.resume_path, self.start_epoch, self.start_batch, run_dir)
+            if self.resumed_with:
+                logger.info("Resuming with new values: %s", self.resumed_with)
         else:
             logger.info("Run directory: %s", run_dir)
         if distributed.active():
@@ -371,8 +374,8 @@ class BaseTrainer(ABC):
         """Load a checkpoint: weights only when fine-tuning (`-c` with `-r`), else everything,
         so that training continues from the epoch after the one saved."""
         path = self.config.resume_path
-        load_weights(self.model, checkpoint, self.config["arch"]["type"], path)
         if self.config.fine_tune:
+            load_weights(self.model, checkpoint, self.config["arch"]["type"], path)
             logger.info("Fine-tuning from the weights of '%s'", path)
             return
         saved_optimizer = checkpoint["config"]["optimizer"]["type"]
@@ -384,6 +387,7 @@ class BaseTrainer(ABC):
         changes = config_changes(checkpoint["config"], self.config.config)
         scheduler_type = self.config["lr_scheduler"]["type"] if self.config["lr_scheduler"] else None
         check_changes(changes, scheduler_type, path)
+        load_weights(self.model, checkpoint, self.config["arch"]["type"], path)
         fresh = capture_hyperparameters(self.optimizer, self.lr_scheduler)  # built from the new config
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None:
@@ -391,9 +395,8 @@ class BaseTrainer(ABC):
         if self.scaler is not None and checkpoint.get("scaler") is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
         applied = apply_changes(changes, self.optimizer, self.lr_scheduler, fresh, path)
-        if applied:
-            logger.info("Resuming with new values: %s",
-                        ", ".join(f"{key} {changes[key][0]!r} -> {changes[key][1]!r}" for key in applied))
+        # logged when training starts, so that train.log has it too
+        self.resumed_with = ", ".join(f"{key} {changes[key][0]!r} -> {changes[key][1]!r}" for key in applied)
         batches_done = checkpoint.get("batches_done", 0)
         if checkpoint["epoch"] >= self.epochs and not batches_done:
             raise InputError(

@@ -25,10 +25,10 @@ FIXED_SCHEDULES = ("OneCycleLR", "CyclicLR", "CosineAnnealingWarmRestarts", "Seq
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> value of every leaf (lists are leaves)."""
+    """Dotted key -> value of every leaf (lists are leaves; an empty object has none)."""
     leaves: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             leaves.update(flatten(value, f"{prefix}{key}."))
         else:
             leaves[f"{prefix}{key}"] = value

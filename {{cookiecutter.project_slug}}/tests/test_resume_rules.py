@@ -1,0 +1,127 @@
+"""What a resume may do: an older checkpoint branches into a new run folder and leaves the run
+as it was; new optimizer and scheduler values are applied, not just recorded; anything else
+that would change the run is refused in one line."""
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import train
+
+ConfigFactory = Callable[..., dict[str, Any]]
+
+
+def run_dir(tmp_path: Path, run_id: str) -> Path:
+    return tmp_path / "saved" / "Mnist_LeNet" / run_id
+
+
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, weights_only=True)
+
+
+def rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+@pytest.fixture
+def three_epochs(make_config: ConfigFactory, tmp_path: Path) -> Path:
+    """A finished 3-epoch run whose best epoch (monitor: max loss, which falls) is epoch 1."""
+    config = make_config(trainer__epochs=3, trainer__monitor="max loss", trainer__early_stop=0)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "run"]) == 0
+    return run_dir(tmp_path, "run")
+
+
+@pytest.mark.parametrize("name", ["checkpoint-epoch1.pth", "checkpoint-epoch2.pth", "model_best.pth"])
+def test_an_older_checkpoint_branches_and_leaves_the_run_untouched(three_epochs: Path, name: str) -> None:
+    before = snapshot(three_epochs)
+    epoch = load(three_epochs / name)["epoch"]
+    assert train.main(["-r", str(three_epochs / name), "-o", "trainer.epochs=4"]) == 0
+    assert snapshot(three_epochs) == before  # not one byte of the run changed
+    branch = three_epochs.parent / f"run-from-epoch{epoch}"
+    assert [row["epoch"] for row in rows(branch)] == ["1", "2", "3", "4"]
+    assert rows(branch)[:epoch] == rows(three_epochs)[:epoch]  # the rows up to the branch point, carried
+    assert load(branch / "latest.pth")["epoch"] == 4
+    assert (branch / "model_best.pth").is_file()  # the run's best is epoch 1: not later than the branch
+    assert "branching into" in (branch / "train.log").read_text()
+
+
+def test_the_best_of_a_later_epoch_is_not_carried(make_config: ConfigFactory, tmp_path: Path) -> None:
+    config = make_config(trainer__epochs=3, trainer__monitor="min loss")  # the loss falls: best is epoch 3
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "run"]) == 0
+    origin = run_dir(tmp_path, "run")
+    assert load(origin / "model_best.pth")["epoch"] == 3
+    assert train.main(["-r", str(origin / "checkpoint-epoch1.pth"), "-o", "trainer.epochs=2"]) == 0
+    branch = origin.parent / "run-from-epoch1"
+    assert load(branch / "model_best.pth")["epoch"] == 2  # written by the branch itself, not carried
+    assert load(branch / "model_best.pth")["monitor_best"] == float(rows(branch)[1]["loss"])
+
+
+def test_the_newest_state_resumes_in_place(three_epochs: Path) -> None:
+    assert train.main(["-r", str(three_epochs / "checkpoint-epoch3.pth"), "-o", "trainer.epochs=4"]) == 0
+    assert [path.name for path in three_epochs.parent.iterdir()] == ["run"]
+    assert [row["epoch"] for row in rows(three_epochs)] == ["1", "2", "3", "4"]
+
+
+def test_a_second_branch_from_the_same_epoch_gets_its_own_folder(three_epochs: Path) -> None:
+    for _ in range(2):
+        assert train.main(["-r", str(three_epochs / "checkpoint-epoch1.pth"), "-o", "trainer.epochs=2"]) == 0
+    assert sorted(path.name for path in three_epochs.parent.iterdir()) == [
+        "run", "run-from-epoch1", "run-from-epoch1-2"]
+
+
+@pytest.fixture
+def one_epoch(make_config: ConfigFactory, tmp_path: Path) -> Path:
+    config = make_config(trainer__epochs=1)  # StepLR(step_size 5, gamma 0.5), Adam lr 0.001
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "run"]) == 0
+    return run_dir(tmp_path, "run") / "latest.pth"
+
+
+def test_a_new_learning_rate_on_resume_is_used_and_becomes_the_schedule_base(one_epoch: Path) -> None:
+    assert train.main(["-r", str(one_epoch), "--lr", "0.01", "-o", "trainer.epochs=2"]) == 0
+    state = load(one_epoch)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.01
+    assert state["lr_scheduler"]["base_lrs"] == [0.01]
+    recorded = json.loads((one_epoch.parent / "config.json").read_text())
+    assert recorded["optimizer"]["args"]["lr"] == 0.01
+    assert float(rows(one_epoch.parent)[1]["lr"]) == 0.01  # epoch 2 trained at it
+    assert "optimizer.args.lr 0.001 -> 0.01" in (one_epoch.parent / "train.log").read_text()
+
+
+def test_new_scheduler_and_optimizer_arguments_on_resume_are_used(one_epoch: Path) -> None:
+    assert train.main(["-r", str(one_epoch), "-o", "trainer.epochs=3", "-o", "lr_scheduler.args.step_size=1",
+                       "-o", "lr_scheduler.args.gamma=0.1", "-o", "optimizer.args.weight_decay=0.5"]) == 0
+    state = load(one_epoch)
+    assert state["lr_scheduler"]["step_size"] == 1 and state["lr_scheduler"]["gamma"] == 0.1
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.5
+    # a change takes effect at the next scheduler step: after epoch 2, not before it
+    assert [float(row["lr"]) for row in rows(one_epoch.parent)] == pytest.approx([0.001, 0.001, 0.0001])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("data_loader.args.batch_size=64", "data_loader.args.batch_size"),
+     ("arch.args.num_classes=12", "arch.args.num_classes"),
+     ("data_loader.args.validation_split=0.2", "data_loader.args.validation_split"),
+     ("trainer.seed=7", "trainer.seed")],
+)
+def test_a_change_a_resume_cannot_honour_is_refused_in_one_line(
+    one_epoch: Path, capsys: pytest.CaptureFixture[str], override: str, key: str,
+) -> None:
+    before = snapshot(one_epoch.parent)
+    assert train.main(["-r", str(one_epoch), "-o", "trainer.epochs=2", "-o", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint '{one_epoch}': resuming cannot change '{key}'") and err.count("\n") == 1
+    assert snapshot(one_epoch.parent) == before
