@@ -27,9 +27,10 @@ EXPECTED_FILES = {
     "trainer/__init__.py", "trainer/trainer.py",
     "utils/__init__.py", "utils/checkpoint.py", "utils/device.py", "utils/errors.py", "utils/seed.py",
     "utils/tracker.py", "utils/distributed.py", "utils/signals.py", "utils/lr_schedule.py", "utils/resume.py",
-    "utils/branch.py", "utils/fit_check.py",
+    "utils/branch.py", "utils/fit_check.py", "utils/run_files.py",
     "tests/conftest.py", "tests/test_bad_inputs.py", "tests/test_checkpoint.py", "tests/test_config.py",
-    "tests/test_data.py", "tests/test_fit_check.py", "tests/test_resume.py", "tests/test_scaling.py",
+    "tests/test_data.py", "tests/test_fit_check.py", "tests/test_resume.py", "tests/test_resume_rules.py",
+    "tests/test_run_files.py", "tests/test_scaling.py",
     "tests/test_training.py",
     ".github/workflows/tests.yml",
 }

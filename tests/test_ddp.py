@@ -134,3 +134,15 @@ def test_sigterm_under_ddp_saves_once_and_every_rank_stops(
     resumed = torchrun(project, "--nproc_per_node=2", "train.py", "-r", str(run_dir / "latest.pth"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [row["epoch"] for row in csv_rows(run_dir)] == ["1", "2", "3"]
+
+
+def test_a_config_error_under_torchrun_is_printed_once(project: Path, tmp_path: Path) -> None:
+    # Parsing fails before the process group exists; torchrun's RANK must still pick one reporter.
+    # --monitor-interval=5: torchrun looks at its workers only after both have failed, so rank 1
+    # is not stopped before it could print (which would let the test pass by luck).
+    result = torchrun(project, "--nproc_per_node=2", "--monitor-interval=5", "train.py", "-c", "config.json",
+                      "-o", "trainer.epochs=0", "-o", f"trainer.save_dir={tmp_path}", timeout=120)
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: ")]
+    assert errors == ["error: config: 'trainer.epochs' must be >= 1, got 0"], result.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,8 @@ table, so they cannot disagree. To add a key for your own code, add one `Key` en
 
 import difflib
 import json
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,9 @@ class Key:
     # True for a class's `args`: keys not listed are passed to the class unchecked (its own
     # signature decides), listed ones are checked here.
     open: bool = False
+    # True for a file or folder: `~` is expanded here, so every reader (the data loader, the run
+    # directory, `-r latest`, error messages) sees the same real path.
+    path: bool = False
 
 
 def _at_least(minimum: float) -> Callable[[Any], str | None]:
@@ -85,7 +90,7 @@ SCHEMA: dict[str, Key] = {
     ),
     "arch": _object("model class in `model/model.py` and its arguments"),
     "data_loader": _object("data loader class in `data_loader/` and its arguments", {
-        "data_dir": Key((str,), "folder of the dataset", default=OPTIONAL),
+        "data_dir": Key((str,), "folder of the dataset", default=OPTIONAL, path=True),
         "batch_size": Key((int,), "samples per batch", default=OPTIONAL, check=_at_least(1)),
         "shuffle": Key((bool,), "reshuffle the training samples every epoch", default=OPTIONAL),
         "validation_split": Key((float,), "held out for validation: a fraction in [0, 1) or a number of samples",
@@ -111,7 +116,7 @@ SCHEMA: dict[str, Key] = {
     ),
     "trainer": Key((dict,), "training loop options", children={
         "epochs": Key((int,), "number of epochs to train", check=_at_least(1)),
-        "save_dir": Key((str,), "root folder of all runs", default="saved/"),
+        "save_dir": Key((str,), "root folder of all runs", default="saved/", path=True),
         "save_period": Key((int,), "write `checkpoint-epoch<N>.pth` every this many epochs", default=1,
                            check=_at_least(1)),
         "keep_last": Key((int,), "keep only the newest this many `checkpoint-epoch<N>.pth` (`model_best.pth` "
@@ -171,7 +176,7 @@ def _validate(config: dict[str, Any], schema: dict[str, Key], prefix: str, open_
                 continue
             if key.default is REQUIRED:
                 raise InputError(f"config: missing required key '{path}' ({key.doc})")
-            resolved[name] = _copy(key.default)
+            resolved[name] = _expand(key, _copy(key.default))
             continue
         value = config[name]
         if not _type_ok(value, key.types):
@@ -182,9 +187,27 @@ def _validate(config: dict[str, Any], schema: dict[str, Key], prefix: str, open_
             raise InputError(f"config: '{path}' {problem}, got {value!r}")
         if key.children is not None and isinstance(value, dict):
             value = _validate(value, key.children, path + ".", key.open)
-        resolved[name] = value
+        resolved[name] = _expand(key, value)
     ordered = {name: resolved.pop(name) for name in config}  # keep the file's order, defaults last
     return {**ordered, **resolved}
+
+
+def _expand(key: Key, value: Any) -> Any:
+    return os.path.expanduser(value) if key.path and isinstance(value, str) else value
+
+
+def _refuse_non_finite(value: Any, path: str) -> None:
+    """JSON files and `-o` overrides may spell NaN and Infinity, and no range check stops them
+    (NaN compares false, Infinity passes `> 0`); refuse them anywhere, open `args` included."""
+    if isinstance(value, float) and not math.isfinite(value):
+        spelled = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        raise InputError(f"config: '{path}' is {spelled}; numbers must be finite")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_non_finite(item, f"{path}.{name}" if path else str(name))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, f"{path}[{index}]")
 
 
 def _copy(value: Any) -> Any:
@@ -193,9 +216,11 @@ def _copy(value: Any) -> Any:
 
 
 def validate(config: Any) -> dict[str, Any]:
-    """Return the config with defaults filled in, or raise InputError naming the first bad key."""
+    """Return the config with defaults filled in and `~` expanded in paths, or raise InputError
+    naming the first bad key (a NaN or Infinity anywhere is one)."""
     if not isinstance(config, dict):
         raise InputError(f"config: must be a JSON object, got {type(config).__name__}")
+    _refuse_non_finite(config, "")
     return _validate(config, SCHEMA, "")
 
 
@@ -208,6 +233,8 @@ def reference_table() -> str:
             shown = [t for t in key.types if not (t is int and float in key.types)]  # "a number" covers int
             types = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in shown)
             doc = key.doc.replace("|", "\\|")  # a bare | would end the table cell
+            if key.path:
+                doc += "; `~` is your home folder"
             if key.default is REQUIRED:
                 default = "required"
             elif key.default is OPTIONAL:

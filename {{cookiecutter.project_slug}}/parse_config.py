@@ -15,18 +15,41 @@ from config_schema import validate
 from utils.branch import branch_folder, is_older_than_its_run, start_branch
 from utils.checkpoint import load_checkpoint
 from utils.errors import InputError
+from utils.run_files import save_run_files
+
+
+class DuplicateKeyError(Exception):
+    """A JSON object names `key` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for json: plain json keeps the last of two equal keys without a word,
+    so an edit further up the file would silently do nothing."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(key)
+        seen[key] = value
+    return seen
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; a missing file or bad JSON is an InputError naming the file."""
+    """Parse a JSON file; a missing file, bad JSON or a key given twice is an InputError naming
+    the file."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise InputError(f"config '{path}': cannot read it ({exc.strerror or exc})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise InputError(f"config '{path}': invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except DuplicateKeyError as exc:
+        raise InputError(f"config '{path}': key '{exc.key}' appears twice in one object") from None
 
 
 LATEST = "latest"  # `-r latest`: the newest run of the config
@@ -57,9 +80,11 @@ def apply_override(config: dict[str, Any], override: str) -> None:
     if not sep or not all(keys):
         raise InputError(f"override '{override}': expected KEY=VALUE, e.g. trainer.epochs=5")
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError:
         value = text
+    except DuplicateKeyError as exc:
+        raise InputError(f"override '{override}': key '{exc.key}' appears twice in one object") from None
     node = config
     for depth, key in enumerate(keys[:-1]):
         node = node.setdefault(key, {})
@@ -173,7 +198,8 @@ class ConfigParser:
         return self.checkpoint is not None and not self.fine_tune
 
     def make_run_dir(self) -> Path:
-        """Create (or, when resuming, reuse) the run directory and save the resolved config in it."""
+        """Create (or, when resuming, reuse) the run directory and save the resolved config and
+        this invocation's record (`run_info.json`) in it."""
         if self.resuming:
             assert self.resume_path is not None and self.checkpoint is not None
             run_dir = self.resume_path.resolve().parent
@@ -195,7 +221,7 @@ class ConfigParser:
             run_dir.mkdir(parents=True, exist_ok=self.resuming)
         except OSError as exc:
             raise InputError(f"run directory '{run_dir}': cannot create it ({exc.strerror or exc})") from None
-        (run_dir / "config.json").write_text(json.dumps(self.config, indent=4) + "\n")
+        save_run_files(run_dir, self.config, made=not self.resuming)
         self.run_dir = run_dir
         return run_dir
 

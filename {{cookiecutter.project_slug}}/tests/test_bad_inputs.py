@@ -51,6 +51,8 @@ CATALOGUE = [
     Case("config-empty", "config", ("-c", "empty.json"), "config 'empty.json': invalid JSON at line 1 column 1"),
     Case("config-a-list", "config", ("-c", "list.json"), "config 'list.json': must be a JSON object"),
     Case("config-a-folder", "config", ("-c", "folder"), "config 'folder': cannot read it"),
+    Case("config-duplicate-key", "config", ("-c", "duplicate.json"),
+         "config 'duplicate.json': key 'lr' appears twice in one object"),
     # Keys, types and ranges
     c("unknown-key", "unknown key 'optimiser'; did you mean 'optimizer'?", optimiser={}),
     c("misspelt-trainer-key", "unknown key 'trainer.epoch'; did you mean 'trainer.epochs'?", trainer__epoch=3),
@@ -83,6 +85,15 @@ CATALOGUE = [
     c("verbosity-out-of-range", "'trainer.verbosity' must be one of 0, 1, 2, got 3", trainer__verbosity=3),
     c("save-period-zero", "'trainer.save_period' must be >= 1, got 0", trainer__save_period=0),
     c("early-stop-negative", "'trainer.early_stop' must be >= 0, got -1", trainer__early_stop=-1),
+    # NaN and Infinity (JSON files may spell them) pass range checks and unchecked class arguments
+    c("lr-infinite", "config: 'optimizer.args.lr' is Infinity; numbers must be finite",
+      optimizer__args__lr=float("inf")),
+    c("clip-infinite", "config: 'trainer.clip_grad_norm' is Infinity; numbers must be finite",
+      trainer__clip_grad_norm=float("inf")),
+    c("scheduler-gamma-nan", "config: 'lr_scheduler.args.gamma' is NaN; numbers must be finite",
+      lr_scheduler__args__gamma=float("nan")),
+    c("betas-minus-infinity-in-a-list", "config: 'optimizer.args.betas[1]' is -Infinity; numbers must be finite",
+      optimizer__args__betas=[0.9, float("-inf")]),
     # Names of classes and functions: looked up in their own module only
     c("arch-unknown", "'arch.type' is 'ResNet', not one of model.model: ", "lookup", arch__type="ResNet"),
     c("loss-import-attempt", "'loss' is 'os.system', not one of model.loss", "lookup", loss="os.system"),
@@ -122,6 +133,12 @@ CATALOGUE = [
          "override 'trainer.epochs': expected KEY=VALUE"),
     Case("override-through-a-value", "cli", ("-c", "config.json", "-o", "trainer.epochs.max=3"),
          "override 'trainer.epochs.max=3': 'trainer.epochs' is not an object"),
+    Case("override-nan", "cli", ("-c", "config.json", "-o", "lr_scheduler.args.gamma=NaN"),
+         "config: 'lr_scheduler.args.gamma' is NaN; numbers must be finite"),
+    Case("override-infinity-in-an-object", "cli", ("-c", "config.json", "-o", 'arch.args={"scale": Infinity}'),
+         "config: 'arch.args.scale' is Infinity; numbers must be finite"),
+    Case("override-duplicate-key", "cli", ("-c", "config.json", "-o", 'optimizer.args={"lr": 0.1, "lr": 0.2}'),
+         "key 'lr' appears twice in one object"),
     Case("override-unknown-key", "cli", ("-c", "config.json", "-o", "trainer.epoch=3"),
          "unknown key 'trainer.epoch'; did you mean 'trainer.epochs'?"),
     Case("device-not-indices", "cli", ("-c", "config.json", "-d", "gpu0"),
@@ -209,6 +226,9 @@ def make_workspace(root: Path, mnist_dir: Path, good: bytes, edits: dict[str, An
     (root / "broken.json").write_text('{\n  "name": "x",\n  oops\n}\n')
     (root / "empty.json").write_text("")
     (root / "list.json").write_text("[1, 2]\n")
+    text = json.dumps(base_config(mnist_dir), indent=4)
+    assert '"lr": 0.001' in text
+    (root / "duplicate.json").write_text(text.replace('"lr": 0.001', '"lr": 0.01, "lr": 0.001'))
     (root / "folder").mkdir()
     (root / "a_file").write_text("not a folder\n")
     (root / "saved" / "Mnist_LeNet" / "taken").mkdir(parents=True)

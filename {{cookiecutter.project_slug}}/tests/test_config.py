@@ -1,5 +1,6 @@
 """Config validation, overrides and object lookups (the bad-input catalogue is in test_bad_inputs.py)."""
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,8 @@ import torch
 
 import config_schema
 import model.model as module_arch
-from parse_config import ConfigParser, apply_override, lookup
+import train
+from parse_config import ConfigParser, apply_override, lookup, read_json
 from utils.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +70,45 @@ def test_readme_config_reference_is_the_schema() -> None:
     match = re.search(r"<!-- config-reference:start -->\n(.*?)\n<!-- config-reference:end -->", readme, re.S)
     assert match, "README.md lacks the config reference markers"
     assert match.group(1).strip() == config_schema.reference_table()
+
+
+def test_non_finite_numbers_are_refused_anywhere_with_their_dotted_key(
+    make_config: Callable[..., dict[str, Any]],
+) -> None:
+    for dotted, value, spelled in (("trainer.clip_grad_norm", "Infinity", "Infinity"),
+                                   ("lr_scheduler.args.gamma", "NaN", "NaN"),
+                                   ("arch.args", '{"widths": [1, -Infinity]}', "-Infinity")):
+        config = make_config()
+        apply_override(config, f"{dotted}={value}")
+        key = "arch.args.widths[1]" if dotted == "arch.args" else dotted
+        with pytest.raises(InputError, match=re.escape(f"config: '{key}' is {spelled}; numbers must be finite")):
+            config_schema.validate(config)
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.json"
+    path.write_text('{"name": "a", "trainer": {"epochs": 1, "epochs": 2}}')
+    with pytest.raises(InputError, match=re.escape(f"config '{path}': key 'epochs' appears twice in one object")):
+        read_json(path)
+
+
+def test_tilde_in_path_keys_is_the_home_folder_for_every_reader(
+    make_config: Callable[..., dict[str, Any]], mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    home.mkdir()
+    (home / "digits").symlink_to(mnist_dir)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    config = make_config(trainer__epochs=1, trainer__save_dir="~/runs")
+    config["data_loader"]["args"]["data_dir"] = "~/digits"
+    parser = ConfigParser(config, run_id="tilde")
+    assert parser["trainer"]["save_dir"] == str(home / "runs")
+    assert parser["data_loader"]["args"]["data_dir"] == str(home / "digits")
+    train.train(parser)
+    assert parser.run_dir == home / "runs" / "Mnist_LeNet" / "tilde"
+    assert (parser.run_dir / "latest.pth").is_file()
+    assert list(work.iterdir()) == []  # no literal `~` folder
+    saved = json.loads((parser.run_dir / "config.json").read_text())
+    assert saved["trainer"]["save_dir"] == str(home / "runs")

@@ -52,8 +52,8 @@ def test_train_fills_the_run_directory(make_config: ConfigFactory, tmp_path: Pat
     result = run(config)
     run_dir = tmp_path / "saved" / "Mnist_LeNet" / "run"
     names = {path.name for path in run_dir.iterdir() if not path.name.startswith("events.out.tfevents")}
-    assert names == {"config.json", "train.log", "metrics.csv", "checkpoint-epoch2.pth", "checkpoint-epoch4.pth",
-                     "model_best.pth", "latest.pth"}
+    assert names == {"config.json", "run_info.json", "train.log", "metrics.csv", "checkpoint-epoch2.pth",
+                     "checkpoint-epoch4.pth", "model_best.pth", "latest.pth"}
     tensorboard_events = any(path.name.startswith("events.out.tfevents") for path in run_dir.iterdir())
     assert {{ "tensorboard_events" if cookiecutter.tensorboard == "yes" else "not tensorboard_events" }}
     rows = read_metrics(run_dir)

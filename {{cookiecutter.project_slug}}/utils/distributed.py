@@ -41,7 +41,13 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
-    """True in the one process that logs and writes files (rank 0, or the only process)."""
+    """True in the one process that logs and writes files (rank 0, or the only process).
+
+    Before the process group exists (a config error is found while parsing, before
+    `init_distributed`) torchrun's RANK decides, so such an error is printed once, not once per
+    process. `rank()` keeps answering 0 then, to stay consistent with `world_size()`."""
+    if not active() and launched_by_torchrun():
+        return int(os.environ.get("RANK", "0")) == 0
     return rank() == 0
 
 
