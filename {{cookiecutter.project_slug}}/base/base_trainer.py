@@ -210,6 +210,8 @@ class BaseTrainer(ABC):
         outcome = ("", "")
         if self.is_main:
             try:
+                if self.config.resuming:  # refuse a metrics.csv the run cannot continue before writing anything
+                    MetricsCSV(self.config.resume_path.parent / "metrics.csv", self.start_epoch)
                 outcome = ("made", str(self.config.make_run_dir()))
             except InputError as exc:
                 outcome = ("error", str(exc))
