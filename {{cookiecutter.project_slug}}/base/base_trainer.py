@@ -312,6 +312,9 @@ class BaseTrainer(ABC):
         if self.config.fine_tune:
             logger.info("Fine-tuning from the weights of '%s'", path)
             return
+        if checkpoint.get("optimizer") is None:  # e.g. converted by convert_checkpoint.py: weights only
+            raise InputError(f"checkpoint '{path}': holds weights only (no optimizer state), so it cannot be "
+                             f"resumed; fine-tune from it with -c config.json -r {path}")
         saved_optimizer = checkpoint["config"]["optimizer"]["type"]
         if saved_optimizer != self.config["optimizer"]["type"]:
             raise InputError(
