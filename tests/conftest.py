@@ -19,7 +19,8 @@ Render = Callable[..., Path]
 # The files of a project rendered with the default answers.
 EXPECTED_FILES = {
     ".cookiecutter.json", ".gitignore", "LICENSE", "README.md", "config.json", "config_schema.py",
-    "parse_config.py", "pyproject.toml", "launch.py", "slurm/train.sbatch", "requirements.txt", "requirements-dev.txt", "test.py", "train.py",
+    "convert_checkpoint.py", "parse_config.py", "pyproject.toml", "launch.py", "slurm/train.sbatch",
+    "requirements.txt", "requirements-dev.txt", "test.py", "train.py",
     "base/__init__.py", "base/base_data_loader.py", "base/base_model.py", "base/base_trainer.py",
     "data_loader/__init__.py", "data_loader/data_loaders.py",
     "logger/__init__.py", "logger/logger.py", "logger/metrics_csv.py", "logger/visualization.py",
@@ -29,8 +30,8 @@ EXPECTED_FILES = {
     "utils/tracker.py", "utils/distributed.py", "utils/signals.py", "utils/lr_schedule.py", "utils/resume.py",
     "utils/branch.py", "utils/fit_check.py", "utils/run_files.py",
     "tests/conftest.py", "tests/test_bad_inputs.py", "tests/test_checkpoint.py", "tests/test_config.py",
-    "tests/test_data.py", "tests/test_fit_check.py", "tests/test_resume.py", "tests/test_resume_rules.py",
-    "tests/test_run_files.py", "tests/test_scaling.py",
+    "tests/test_convert_checkpoint.py", "tests/test_data.py", "tests/test_fit_check.py", "tests/test_metrics_csv.py",
+    "tests/test_resume.py", "tests/test_resume_rules.py", "tests/test_run_files.py", "tests/test_scaling.py",
     "tests/test_training.py",
     ".github/workflows/tests.yml",
 }

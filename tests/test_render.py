@@ -56,3 +56,31 @@ def test_generated_code_passes_ruff(render: Render) -> None:
     project = render()
     result = run_python(project, "-m", "ruff", "check", "--no-cache", ".", timeout=120)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+# The only places a tensorboard=no project may name TensorBoard: the config key that victoresque
+# configs carry (accepted, only false) and the checkpoint key kept for one checkpoint layout.
+TENSORBOARD_ROWS_KEPT = ("| `trainer.tensorboard` |", "| `tensorboard_step` |")
+
+
+def tensorboard_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "tensorboard" in line.lower()]
+
+
+def test_readme_of_the_default_project_describes_tensorboard(render: Render) -> None:
+    readme = (render() / "README.md").read_text()
+    assert "## TensorBoard" in readme and "tensorboard --logdir saved/" in readme
+    assert len(tensorboard_lines(readme)) >= 8  # run directory, resume, stopping, dry run, ...
+
+
+def test_a_project_without_tensorboard_mentions_it_only_where_it_must(render: Render) -> None:
+    project = render(tensorboard="no")
+    readme = tensorboard_lines((project / "README.md").read_text())
+    assert [line for line in readme if not line.startswith(TENSORBOARD_ROWS_KEPT)] == []
+    assert [line.split("|")[1].strip() for line in readme] == ["`tensorboard_step`", "`trainer.tensorboard`"]
+    assert "accepted for victoresque configs" in readme[1]
+    for name in ("requirements.txt", "requirements-dev.txt", ".gitignore", "pyproject.toml",
+                 ".github/workflows/tests.yml", ".cookiecutter.json"):
+        lines = [line for line in tensorboard_lines((project / name).read_text())
+                 if line.strip() != '"tensorboard": "no"']  # the recorded answer itself
+        assert lines == [], f"{name}: {lines}"

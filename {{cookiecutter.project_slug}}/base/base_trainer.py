@@ -300,6 +300,8 @@ class BaseTrainer(ABC):
         outcome = ("", "")
         if self.is_main:
             try:
+                if self.config.resuming:  # refuse a metrics.csv the run cannot continue before writing anything
+                    MetricsCSV(self.config.resume_path.parent / "metrics.csv", self.start_epoch)
                 outcome = ("made", str(self.config.make_run_dir()))
             except InputError as exc:
                 outcome = ("error", str(exc))
@@ -378,6 +380,9 @@ class BaseTrainer(ABC):
             load_weights(self.model, checkpoint, self.config["arch"]["type"], path)
             logger.info("Fine-tuning from the weights of '%s'", path)
             return
+        if checkpoint.get("optimizer") is None:  # e.g. converted by convert_checkpoint.py: weights only
+            raise InputError(f"checkpoint '{path}': holds weights only (no optimizer state), so it cannot be "
+                             f"resumed; fine-tune from it with -c config.json -r {path}")
         saved_optimizer = checkpoint["config"]["optimizer"]["type"]
         if saved_optimizer != self.config["optimizer"]["type"]:
             raise InputError(

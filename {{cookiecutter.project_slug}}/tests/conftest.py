@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from parse_config import ConfigParser
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST_CONFIG = "{{ "config_mnist.json" if cookiecutter.dataset == "image_folder" else "config.json" }}"  # the MNIST example, shrunk here
 
@@ -66,3 +68,19 @@ def make_config(mnist_dir: Path, tmp_path: Path) -> Callable[..., dict[str, Any]
         return config
 
     return make
+
+
+def victoresque_checkpoint(state_dict: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """What victoresque/pytorch-template's trainer saves: weights with DataParallel's `module.`
+    prefixes and its live ConfigParser object, pickled by reference to `parse_config.ConfigParser`
+    (this project's class has the same import path, so it stands in for victoresque's)."""
+    parser = object.__new__(ConfigParser)  # victoresque's constructor is not ours: set its attributes
+    parser.__dict__.update(_config=config, resume=None, _save_dir=Path("saved/models/Mnist_LeNet/0101_120000"))
+    return {
+        "arch": "MnistModel",
+        "epoch": 3,
+        "state_dict": {f"module.{key}": value for key, value in state_dict.items()},
+        "optimizer": {"state": {}, "param_groups": []},
+        "monitor_best": 0.1,
+        "config": parser,
+    }

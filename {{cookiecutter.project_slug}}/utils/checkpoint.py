@@ -2,6 +2,8 @@
 
 import io
 import os
+import re
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -117,8 +119,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"checkpoint '{path}': not a readable checkpoint ({reason[:200]})") from None
+        raise InputError(_unreadable(path, exc)) from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise InputError(f"checkpoint '{path}': not a checkpoint of this project (no format_version)")
     version = checkpoint["format_version"]
@@ -131,6 +132,31 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise InputError(f"checkpoint '{path}': missing {', '.join(missing)}")
     return checkpoint
+
+
+# victoresque/pytorch-template's trainer pickles its `parse_config.ConfigParser` object into
+# every checkpoint; weights_only loading stops at that class.
+_VICTORESQUE_CONFIG = "parse_config.ConfigParser"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # torch's messages bold words with terminal codes
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """One plain line saying why torch.load(weights_only=True) refused the file."""
+    message = _ANSI_ESCAPE.sub("", str(exc))
+    pickled = _UNSAFE_GLOBAL.search(message)
+    if pickled and pickled.group(1) == _VICTORESQUE_CONFIG:
+        command = f"python convert_checkpoint.py {shlex.quote(str(path))} OUT.pth --trust-pickle"
+        return (f"checkpoint '{path}': saved by victoresque/pytorch-template (it pickles its config object), "
+                f"which is not loaded for safety; convert it with: {command}")
+    if pickled:
+        return (f"checkpoint '{path}': not a readable checkpoint (it pickles the Python object "
+                f"{pickled.group(1)}, which is not loaded for safety)")
+    # After a weights-only refusal torch's first lines are advice; the unpickler's own reason follows this.
+    message = message.partition("WeightsUnpickler error:")[2] or message
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reason = " ".join(lines[0].split()) if lines else type(exc).__name__
+    return f"checkpoint '{path}': not a readable checkpoint ({reason[:200]})"
 
 
 def load_weights(model: nn.Module, checkpoint: dict[str, Any], arch: str, path: Path | None) -> None:
