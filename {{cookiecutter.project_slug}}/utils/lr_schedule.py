@@ -52,7 +52,7 @@ def check_step_budget(scheduler: Any, steps_per_epoch: int, epochs: int) -> None
     if type(scheduler).__name__ == "OneCycleLR" and total is not None and total < needed:
         raise InputError(
             f"config: 'lr_scheduler' OneCycleLR has {total} steps but the run takes {needed} optimizer steps "
-            f"({epochs} epochs x {steps_per_epoch}); set 'lr_scheduler.args.total_steps' to {needed}, or "
+            f"({epochs} x {steps_per_epoch} per epoch); set 'lr_scheduler.args.total_steps' to {needed}, or "
             f"'epochs' {epochs} and 'steps_per_epoch' {steps_per_epoch}"
         )
 
