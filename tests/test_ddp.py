@@ -1,10 +1,9 @@
 """DDP through torchrun on the CPU (gloo), on the real-digit sample: two processes train,
 write one run directory, resume, and their checkpoint evaluates in a single process; two
 "nodes" on loopback meet through c10d rendezvous; 2 x batch 64 takes as many optimizer steps
-per epoch as 1 x batch 128; SIGTERM under DDP saves once and every rank stops."""
+per epoch as 1 x batch 128. (Signals under torchrun: tests/test_preemption.py.)"""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -109,40 +108,3 @@ def test_two_nodes_on_loopback_take_as_many_steps_as_one_process_with_the_whole_
     assert single.returncode == 0, single.stderr[-3000:]  # the default batch, 128
     assert ddp_steps == load(tmp_path / "Mnist_LeNet" / "single" / "latest.pth")["global_step"] == 29  # 3600 / 128
     print(f"two loopback nodes + the single-process run: {time.perf_counter() - started:.1f} s")
-
-
-def test_sigterm_under_ddp_saves_once_and_every_rank_stops(
-    project: Path, mnist_sample_dir: Path, tmp_path: Path
-) -> None:
-    args = common(mnist_sample_dir, tmp_path, "-o", "trainer.epochs=3", "--bs", "16")
-    launcher = subprocess.Popen([*TORCHRUN, "--nproc_per_node=2", "train.py", "-c", "config.json",
-                                 "--run-id", "stopped", *args], cwd=project, text=True,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"),
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert launcher.stdout is not None
-    for line in launcher.stdout:
-        if "epoch 1: " in line:
-            break
-    time.sleep(1.0)  # into epoch 2
-    launcher.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
-    launcher.communicate(timeout=120)
-    run_dir = tmp_path / "Mnist_LeNet" / "stopped"
-    log = (run_dir / "train.log").read_text()
-    assert log.count("Stopped by SIGTERM") == 1  # saved and said once, by rank 0
-    checkpoint = load(run_dir / "latest.pth")
-    assert checkpoint["epoch"] in (1, 2) and 0 <= checkpoint["batches_done"] < 113
-    resumed = torchrun(project, "--nproc_per_node=2", "train.py", "-r", str(run_dir / "latest.pth"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [row["epoch"] for row in csv_rows(run_dir)] == ["1", "2", "3"]
-
-
-def test_a_config_error_under_torchrun_is_printed_once(project: Path, tmp_path: Path) -> None:
-    # Parsing fails before the process group exists; torchrun's RANK must still pick one reporter.
-    # --monitor-interval=5: torchrun looks at its workers only after both have failed, so rank 1
-    # is not stopped before it could print (which would let the test pass by luck).
-    result = torchrun(project, "--nproc_per_node=2", "--monitor-interval=5", "train.py", "-c", "config.json",
-                      "-o", "trainer.epochs=0", "-o", f"trainer.save_dir={tmp_path}", timeout=120)
-    assert result.returncode != 0
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: ")]
-    assert errors == ["error: config: 'trainer.epochs' must be >= 1, got 0"], result.stderr[-3000:]
-    assert list(tmp_path.iterdir()) == []

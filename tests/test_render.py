@@ -1,7 +1,6 @@
 """Rendering: the exact files, no leftover Jinja, the answers recorded, the license option."""
 
 import json
-from pathlib import Path
 
 import pytest
 

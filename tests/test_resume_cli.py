@@ -1,10 +1,8 @@
 """Exact resume through real processes on the real-digit sample: 2 epochs + resume equals 4
-straight epochs; SIGTERM in the middle of an epoch, then resume, equals the straight run;
-`kill -9` at random moments leaves every .pth loadable and the run resumable; damaged or
-foreign checkpoints are refused in one line."""
+straight epochs; `kill -9` at random moments leaves every .pth loadable and the run resumable;
+damaged or foreign checkpoints are refused in one line. (Signals: tests/test_preemption.py.)"""
 
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -100,42 +98,6 @@ def wait_for_line(process: subprocess.Popen[str], text: str) -> float:
         if text in line:
             return time.perf_counter()
     raise AssertionError(f"the run ended before printing {text!r}")
-
-
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_sigterm_mid_epoch_then_resume_is_bitwise_the_straight_run(
-    project: Path, mnist_sample_dir: Path, tmp_path: Path, num_workers: int
-) -> None:
-    # batch 16: 225 batches an epoch, so "the middle of an epoch" lasts a few seconds
-    common = data_args(mnist_sample_dir, tmp_path, "-o", "trainer.epochs=2", "--bs", "16",
-                       "-o", f"data_loader.args.num_workers={num_workers}")
-    straight = run_python(project, "train.py", "-c", "config.json", "--run-id", "straight", *common)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-
-    epoch = epoch_seconds(tmp_path / "Mnist_LeNet" / "straight")
-
-    process = start_training(project, "-c", "config.json", "--run-id", "stopped", *common, log=tmp_path / "err.log")
-    wait_for_line(process, "epoch 1: ")
-    time.sleep(epoch / 3)  # well inside epoch 2
-    process.send_signal(signal.SIGTERM)
-    signalled = time.perf_counter()
-    status = process.wait(timeout=60)
-    print(f"exited {time.perf_counter() - signalled:.2f} s after SIGTERM")
-    assert status == 128 + signal.SIGTERM, (tmp_path / "err.log").read_text()[-2000:]
-    assert "resume with: python train.py -r" in (tmp_path / "err.log").read_text()
-    stopped = tmp_path / "Mnist_LeNet" / "stopped"
-    checkpoint = load(stopped / "latest.pth")
-    assert checkpoint["epoch"] == 1 and 0 < checkpoint["batches_done"] < 225
-
-    resume_started = time.perf_counter()
-    resumed = run_python(project, "train.py", "-r", str(stopped / "latest.pth"))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    print(f"resume from batch {checkpoint['batches_done']} of epoch 2 took {time.perf_counter() - resume_started:.1f} s")
-    assert f"at epoch 2 with {checkpoint['batches_done']} of its batches already trained" in resumed.stdout
-    assert_bitwise(tmp_path / "Mnist_LeNet" / "straight" / "latest.pth", stopped / "latest.pth")
-    assert (stopped / "metrics.csv").read_text() == (tmp_path / "Mnist_LeNet" / "straight" / "metrics.csv").read_text()
-    log = (stopped / "train.log").read_text()
-    assert "Stopped by SIGTERM in epoch 2 after" in log and "Resuming from" in log
 
 
 def test_kill_9_at_random_moments_leaves_loadable_checkpoints_and_a_resumable_run(

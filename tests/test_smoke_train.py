@@ -2,7 +2,6 @@
 train, TensorBoard, checkpoints, resume into the same run directory, evaluate."""
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
@@ -40,8 +39,8 @@ def smoke_train(render: Render, data_dir: Path, tmp_path: Path, n_gpu: int) -> t
 
 
 def check_run(project: Path, run_dir: Path, data_dir: Path, tmp_path: Path, bitwise: bool) -> None:
-    """Metrics, TensorBoard, checkpoints; resume from epoch 2 into the same run directory
-    (bitwise equal to the straight run where `bitwise`); evaluate the best checkpoint."""
+    """Metrics, TensorBoard, checkpoints; resume from epoch 2, which branches into a new run
+    directory (bitwise equal to the straight run where `bitwise`); evaluate the best checkpoint."""
     rows = read_metrics(run_dir)
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     assert float(rows[-1]["val_accuracy"]) >= 0.90, rows[-1]
@@ -57,19 +56,22 @@ def check_run(project: Path, run_dir: Path, data_dir: Path, tmp_path: Path, bitw
         checkpoint = torch.load(run_dir / name, map_location="cpu", weights_only=True)
         assert not any(key.startswith("module.") for key in checkpoint["state_dict"])
     straight = torch.load(run_dir / "checkpoint-epoch3.pth", map_location="cpu", weights_only=True)
-    shutil.copy(run_dir / "metrics.csv", tmp_path / "straight-metrics.csv")
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
 
+    # epoch 2 is older than the run's latest.pth (epoch 3): the resume branches, the run stays as it was
     resumed = run_python(project, "train.py", "-r", str(run_dir / "checkpoint-epoch2.pth"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stdout and "at epoch 3" in resumed.stdout
-    assert [path.name for path in run_dir.parent.iterdir()] == [RUN_ID]  # same run directory
-    assert [row["epoch"] for row in read_metrics(run_dir)] == ["1", "2", "3"]
-    again = torch.load(run_dir / "checkpoint-epoch3.pth", map_location="cpu", weights_only=True)
+    branch = run_dir.parent / f"{RUN_ID}-from-epoch2"
+    assert sorted(path.name for path in run_dir.parent.iterdir()) == [RUN_ID, branch.name]
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == before
+    assert [row["epoch"] for row in read_metrics(branch)] == ["1", "2", "3"]
+    again = torch.load(branch / "checkpoint-epoch3.pth", map_location="cpu", weights_only=True)
     assert again["epoch"] == 3 and again["lr_scheduler"] == straight["lr_scheduler"]
     if bitwise:
         expected = straight["state_dict"]
         assert all(torch.equal(expected[key], again["state_dict"][key]) for key in expected)
-        assert read_metrics(run_dir) == read_metrics_file(tmp_path / "straight-metrics.csv")
+        assert read_metrics(branch) == read_metrics(run_dir)
 
     before = sorted(tmp_path.rglob("*"))
     evaluated = run_python(project, "test.py", "-r", str(run_dir / "model_best.pth"), "-o",

@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         status = process.wait()
         if report.is_file():
             stopped = json.loads(report.read_text())
+            launcher_options = args[: next((i for i, arg in enumerate(args) if arg.endswith(".py")), len(args))]
+            print(f"interrupted by signal {stopped['signal']}; resume with: python launch.py "
+                  f"{' '.join(launcher_options)} train.py -r {stopped['checkpoint']}", file=sys.stderr)
             return 128 + int(stopped["signal"])
         return status if status >= 0 else 128 - status  # killed by a signal: as a shell reports it
 

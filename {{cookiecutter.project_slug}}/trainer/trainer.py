@@ -92,8 +92,9 @@ class Trainer(BaseTrainer):
         total = skip + len(self.data_loader)
         self.model.train()
         self.train_metrics.reset()
-        if skip and self.resumed_epoch_metrics is not None and self.is_main:  # summed over all ranks
-            self.train_metrics.load_state(self.resumed_epoch_metrics, self.device)
+        resumed = self._resumed_metrics() if skip else None
+        if resumed is not None:
+            self.train_metrics.load_state(resumed, self.device)
         self.batches_done = skip
         self.begin_epoch(total)
         description = f"epoch {epoch}/{self.epochs} train"
@@ -136,7 +137,20 @@ class Trainer(BaseTrainer):
         return self.valid_metrics.result()
 
     def _epoch_metrics_state(self) -> dict[str, Any]:
-        return self.train_metrics.state(self.device)  # every rank's samples so far, saved once
+        """The running training metrics: every DDP rank's own, so that each can go on exactly."""
+        own = self.train_metrics.state()
+        return {"per_rank": distributed.gather(own)} if distributed.active() else own
+
+    def _resumed_metrics(self) -> dict[str, Any] | None:
+        """This process's share of the saved running metrics: its own when the number of processes
+        is unchanged; otherwise all of them, on rank 0 alone."""
+        saved = self.resumed_epoch_metrics
+        if saved is None:
+            return None
+        states = saved["per_rank"] if "per_rank" in saved else [saved]
+        if len(states) == distributed.world_size():
+            return states[distributed.rank()]
+        return MetricTracker.merged(states) if self.is_main else None
 
     def dry_run(self) -> dict[str, float]:
         """One training batch and one validation batch, to prove that everything fits together;

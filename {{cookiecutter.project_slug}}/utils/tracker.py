@@ -32,18 +32,14 @@ class MetricTracker:
     def sum_across_ranks(self, device: torch.device) -> None:
         """Replace this process's sums and counts by those of all DDP ranks together, so that
         every rank's averages are over every sample (no-op in a single process)."""
-        self._sums, self._counts = self._totals(device)
-
-    def _totals(self, device: torch.device) -> tuple[dict[str, torch.Tensor | float], dict[str, int]]:
-        """The sums and counts of all DDP ranks together (this process's own in a single one)."""
         if not distributed.active():
-            return dict(self._sums), dict(self._counts)
+            return
         sums = [torch.as_tensor(self._sums[key], dtype=torch.float64, device=device) for key in self.keys]
         counts = [torch.tensor(float(self._counts[key]), dtype=torch.float64, device=device) for key in self.keys]
         packed = distributed.sum_across_ranks(torch.stack(sums + counts))
         n = len(self.keys)
-        return ({key: packed[i].float() for i, key in enumerate(self.keys)},
-                {key: int(packed[n + i].item()) for i, key in enumerate(self.keys)})
+        self._sums = {key: packed[i].float() for i, key in enumerate(self.keys)}
+        self._counts = {key: int(packed[n + i].item()) for i, key in enumerate(self.keys)}
 
     def average(self, key: str) -> float:
         count = self._counts[key]
@@ -52,14 +48,22 @@ class MetricTracker:
     def result(self) -> dict[str, float]:
         return {key: self.average(key) for key in self.keys}
 
-    def state(self, device: torch.device | None = None) -> dict[str, Any]:
-        """The running sums and counts of all DDP ranks together (this process's own are left as
-        they are, so the epoch can go on), for a checkpoint written in the middle of an epoch."""
-        totals, counts = self._totals(device or torch.device("cpu"))
-        sums = {key: value.cpu() if isinstance(value, torch.Tensor) else value for key, value in totals.items()}
-        return {"sums": sums, "counts": counts}
+    def state(self) -> dict[str, Any]:
+        """This process's running sums and counts, for a checkpoint written in the middle of an
+        epoch (under DDP the trainer saves every rank's, so that each continues its own sums
+        exactly as an uninterrupted run would)."""
+        sums = {key: value.cpu() if isinstance(value, torch.Tensor) else value for key, value in self._sums.items()}
+        return {"sums": sums, "counts": dict(self._counts)}
 
     def load_state(self, state: dict[str, Any], device: torch.device) -> None:
         self._sums = {key: value.to(device) if isinstance(value, torch.Tensor) else value
                       for key, value in state["sums"].items()}
         self._counts = dict(state["counts"])
+
+    @staticmethod
+    def merged(states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The sums and counts of several saved states together (a resume on another number of
+        DDP processes continues from the total in one of them)."""
+        first = states[0]
+        return {"sums": {key: sum(state["sums"][key] for state in states) for key in first["sums"]},
+                "counts": {key: sum(state["counts"][key] for state in states) for key in first["counts"]}}

@@ -1,0 +1,243 @@
+"""Preemption as schedulers and terminals deliver it: SIGTERM or SIGINT to the whole process
+group (DataLoader workers included), to each torchrun rank's own group, repeated, or only to a
+SLURM batch script that passes it on. Every case must save latest.pth at its position, exit
+128 + the signal with one hint line and no traceback, and resume to weights, optimizer state
+and metrics.csv bitwise equal to one uninterrupted reference run."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from cookiecutter.main import cookiecutter
+
+from conftest import TEMPLATE
+
+pytestmark = pytest.mark.slow
+
+NAME = "Mnist_LeNet"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(tmp_path_factory.mktemp("rendered"))))
+
+
+def write_config(project: Path, data_dir: Path, save_dir: Path, path: Path, **trainer: Any) -> Path:
+    """The project's config on the real digits: 2 epochs at batch 16, half the 4,000 training
+    images held out so that validation lasts long enough to be interrupted, on the CPU."""
+    config = json.loads((project / "config.json").read_text())
+    config["n_gpu"] = 0
+    config["data_loader"]["args"].update(data_dir=str(data_dir), batch_size=16, validation_split=0.5)
+    config["trainer"].update(epochs=2, save_dir=str(save_dir), verbosity=1, **trainer)
+    path.write_text(json.dumps(config, indent=4))
+    return path
+
+
+class Job:
+    """A command in a session of its own (so that it can be signalled as a process group),
+    with its stdout and stderr collected as they come."""
+
+    def __init__(self, project: Path, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                                        start_new_session=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.readers = [threading.Thread(target=self._read, args=(stream, into), daemon=True)
+                        for stream, into in ((self.process.stdout, self.out), (self.process.stderr, self.err))]
+        for reader in self.readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for chunk in iter(lambda: stream.read1(4096), b""):  # progress bars end lines with \r
+            into.append(chunk.decode(errors="replace"))
+
+    def text(self) -> str:
+        return "".join(self.out) + "".join(self.err)
+
+    def wait_for(self, text: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.text():
+            assert self.process.poll() is None, f"ended before {text!r}:\n{self.text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {text!r} after {timeout} s"
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 300) -> int:
+        status = self.process.wait(timeout=timeout)
+        for reader in self.readers:
+            reader.join(timeout=10)
+        return status
+
+    def signal_group(self, number: int) -> None:
+        os.killpg(self.process.pid, number)
+
+
+def train_command(*args: str) -> list[str]:
+    return [sys.executable, "train.py", *args]
+
+
+def launch_command(*args: str) -> list[str]:
+    return [sys.executable, "launch.py", "--standalone", "--nproc_per_node=2", "train.py", *args]
+
+
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_bitwise(reference: Path, resumed: Path) -> None:
+    """Weights, optimizer state and metrics.csv of two finished runs are equal."""
+    expected, actual = load(reference / "latest.pth"), load(resumed / "latest.pth")
+    for key, tensor in expected["state_dict"].items():
+        assert torch.equal(tensor, actual["state_dict"][key]), key
+    for index, state in expected["optimizer"]["state"].items():
+        for key, tensor in state.items():
+            assert torch.equal(tensor, actual["optimizer"]["state"][index][key]), (index, key)
+    assert (resumed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+
+
+def assert_clean_stop(job: Job, status: int, number: int, run_dir: Path) -> dict[str, Any]:
+    """Exit 128 + signal, the resume hint, no traceback of ours, and latest.pth inside epoch 2.
+    (Under torchrun, torchrun itself prints a traceback on a signal: only the project's own
+    frames are ruled out there.)"""
+    output = job.text()
+    assert status == 128 + number, output[-3000:]
+    assert f"interrupted by signal {number}; resume with: python " in output
+    assert f"-r {run_dir / 'latest.pth'}" in output
+    under_torchrun = "launch.py" in " ".join(map(str, job.process.args))
+    assert ('train.py", line' not in output) if under_torchrun else ("Traceback" not in output), output[-3000:]
+    assert "DataLoader worker" not in output, output[-3000:]
+    saved = load(run_dir / "latest.pth")
+    assert saved["epoch"] == 1 and saved["batches_done"] > 0, (saved["epoch"], saved["batches_done"])
+    return saved
+
+
+@pytest.fixture(scope="module")
+def single_reference(project: Path, mnist_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    save_dir = tmp_path_factory.mktemp("single")
+    config = write_config(project, mnist_sample_dir, save_dir, save_dir / "config.json")
+    job = Job(project, train_command("-c", str(config), "--run-id", "straight"))
+    assert job.finish() == 0, job.text()[-3000:]
+    return save_dir / NAME / "straight"
+
+
+@pytest.mark.parametrize(
+    ("number", "workers", "moment"),
+    [(signal.SIGTERM, 0, "train"), (signal.SIGTERM, 2, "train"), (signal.SIGINT, 2, "train"),
+     (signal.SIGTERM, 2, "valid")],
+    ids=["SIGTERM-0-workers", "SIGTERM-2-workers", "SIGINT-2-workers", "SIGTERM-2-workers-in-validation"],
+)
+def test_a_signal_to_the_whole_group_stops_cleanly_and_resumes_exactly(
+    project: Path, mnist_sample_dir: Path, tmp_path: Path, single_reference: Path,
+    number: int, workers: int, moment: str,
+) -> None:
+    config = write_config(project, mnist_sample_dir, tmp_path, tmp_path / "config.json")
+    job = Job(project, train_command("-c", str(config), "--run-id", "stopped",
+                                     "-o", f"data_loader.args.num_workers={workers}"))
+    job.wait_for(f"epoch 2/2 {moment}")
+    if moment == "train":
+        time.sleep(0.5)  # into the epoch: workers running, batches in flight
+    job.signal_group(number)  # the training process and every worker process
+    saved = assert_clean_stop(job, job.finish(), number, tmp_path / NAME / "stopped")
+    if moment == "valid":
+        assert (saved["epoch"], saved["batches_done"]) == (1, 125)  # all of epoch 2 trained, validation not done
+    resumed = Job(project, train_command("-r", str(tmp_path / NAME / "stopped" / "latest.pth")))
+    assert resumed.finish() == 0, resumed.text()[-3000:]
+    assert_bitwise(single_reference, tmp_path / NAME / "stopped")
+
+
+def test_a_second_sigint_exits_at_once(project: Path, mnist_sample_dir: Path, tmp_path: Path) -> None:
+    config = write_config(project, mnist_sample_dir, tmp_path, tmp_path / "config.json")
+    job = Job(project, train_command("-c", str(config), "--run-id", "twice", "-o", "data_loader.args.num_workers=2"))
+    job.wait_for("epoch 2/2 train")
+    job.signal_group(signal.SIGINT)
+    job.signal_group(signal.SIGINT)  # a user's double Ctrl-C
+    started = time.monotonic()
+    assert job.finish() == 130
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in "".join(job.err)
+    for path in (tmp_path / NAME / "twice").glob("*.pth"):
+        assert load(path)["format_version"] >= 1  # whatever was written is whole
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(project: Path, mnist_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    save_dir = tmp_path_factory.mktemp("ddp")
+    config = write_config(project, mnist_sample_dir, save_dir, save_dir / "config.json")
+    job = Job(project, launch_command("-c", str(config), "--run-id", "straight"))
+    assert job.finish() == 0, job.text()[-3000:]
+    return save_dir / NAME / "straight"
+
+
+def ranks_of(launcher: int) -> list[int]:
+    """The training processes below `launcher`: torchrun's children (launcher -> torchrun -> ranks)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rpartition(")")[2].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+        except (OSError, ValueError):
+            continue
+    return [rank for torchrun in children.get(launcher, []) for rank in children.get(torchrun, [])]
+
+
+@pytest.mark.parametrize("target", ["job group, 2 workers", "each rank's group, twice"])
+def test_torchrun_stops_on_a_signal_to_any_group_and_resumes_exactly(
+    project: Path, mnist_sample_dir: Path, tmp_path: Path, ddp_reference: Path, target: str,
+) -> None:
+    workers = 2 if "2 workers" in target else 0
+    config = write_config(project, mnist_sample_dir, tmp_path, tmp_path / "config.json")
+    job = Job(project, launch_command("-c", str(config), "--run-id", "stopped",
+                                      "-o", f"data_loader.args.num_workers={workers}"))
+    job.wait_for("epoch 2/2 train")
+    time.sleep(0.5)
+    if target.startswith("job group"):
+        job.signal_group(signal.SIGTERM)  # the launcher; torchrun and the ranks are in sessions of their own
+    else:
+        ranks = ranks_of(job.process.pid)
+        assert len(ranks) == 2 and all(os.getpgid(rank) == rank for rank in ranks), ranks  # groups of their own
+        for _ in range(2):  # SLURM signals every process, and torchrun may forward it again
+            for rank in ranks:
+                os.killpg(rank, signal.SIGTERM)
+    run_dir = tmp_path / NAME / "stopped"
+    assert_clean_stop(job, job.finish(), signal.SIGTERM, run_dir)
+    assert (run_dir / "train.log").read_text().count("Stopped by SIGTERM") == 1
+    resumed = Job(project, launch_command("-r", str(run_dir / "latest.pth")))
+    assert resumed.finish() == 0, resumed.text()[-3000:]
+    assert_bitwise(ddp_reference, run_dir)
+
+
+def test_the_slurm_recipe_passes_the_signal_on_ends_143_and_resumes_when_requeued(
+    project: Path, mnist_sample_dir: Path, tmp_path: Path, ddp_reference: Path,
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"  # a stand-in: runs the step's command on this machine
+    srun.write_text('#!/bin/sh\nexec "$@"\n')
+    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    config = write_config(project, mnist_sample_dir, tmp_path, tmp_path / "config.json")
+    env = {"PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
+           "SLURM_SUBMIT_DIR": str(project), "NPROC": "2", "CONFIG": str(config)}
+    job = Job(project, ["bash", "slurm/train.sbatch"], env=env)
+    job.wait_for("epoch 2/2 train")
+    time.sleep(0.5)
+    os.kill(job.process.pid, signal.SIGTERM)  # --signal=B:TERM: the batch shell alone gets it
+    run_dir = tmp_path / NAME / "job4242"
+    status = job.finish()
+    assert status == 143, job.text()[-3000:]
+    saved = load(run_dir / "latest.pth")
+    assert saved["epoch"] == 1 and saved["batches_done"] > 0
+
+    requeued = Job(project, ["bash", "slurm/train.sbatch"], env=env)  # the same job, run again
+    assert requeued.finish() == 0, requeued.text()[-3000:]
+    assert "Resuming from" in requeued.text()
+    assert_bitwise(ddp_reference, run_dir)
