@@ -87,7 +87,7 @@ class BaseTrainer(ABC):
         self._last_save = (time.monotonic(), 0)  # when, and at which global step, latest.pth was written
         self._saver: CheckpointSaver | None = None
         self.last_checkpoint: str | None = None  # what this run last wrote: the one to go back to
-        self._nonfinite_at = torch.full((), -1, dtype=torch.long)  # first batch of the epoch with a bad loss
+        self._nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)  # first batch with a bad loss
         self.batches_in_epoch = 0
         self.resumed_with = ""  # the config changes a resume applied, for the log
 
@@ -146,14 +146,15 @@ class BaseTrainer(ABC):
         bad = ~torch.isfinite(loss.detach())
         self._nonfinite_at = torch.where(bad & (self._nonfinite_at < 0), batch, self._nonfinite_at)
 
-    def check_finite(self, epoch: int) -> None:
-        """Stop with TrainingDiverged if a loss of this epoch was NaN or infinite (or the weights
-        are), before anything holding such weights is written. Every DDP rank calls it at the
-        same batches."""
-        at = int(self._nonfinite_at.item())
-        weights_bad = not all(torch.isfinite(p).all() for p in self.model.parameters())
-        at, weights_bad = distributed.max_across_ranks([at, int(weights_bad)], self.device)
-        if at >= 0 or weights_bad:
+    def check_finite(self, epoch: int, weights: bool = False) -> None:
+        """Stop with TrainingDiverged if a loss of this epoch was NaN or infinite (and, with
+        `weights`, if a weight is), before anything holding such weights is written. One read
+        of the device; every DDP rank calls it at the same batches."""
+        flags = [self._nonfinite_at.to(torch.long)]
+        if weights:
+            flags.append(torch.stack([~torch.isfinite(p).all() for p in self.model.parameters()]).any().long())
+        at, *weights_bad = distributed.max_across_ranks(torch.stack(flags).tolist(), self.device)
+        if at >= 0 or any(weights_bad):
             raise TrainingDiverged(epoch, at if at >= 0 else self.batches_done, self.batches_in_epoch,
                                    self.last_checkpoint)
 
@@ -315,7 +316,7 @@ class BaseTrainer(ABC):
         """Rank 0 writes; under DDP the state carries every rank's RNG, and all ranks wait
         until the files are written. Nothing is written while a loss of the epoch or the
         weights are not finite."""
-        self.check_finite(epoch)
+        self.check_finite(epoch, weights=True)
         if distributed.active():
             state["rng_per_rank"] = distributed.gather(state["rng"])
         if self._saver is not None:
