@@ -31,7 +31,8 @@ EXPECTED_FILES = {
     "utils/branch.py", "utils/fit_check.py", "utils/run_files.py",
     "tests/conftest.py", "tests/test_bad_inputs.py", "tests/test_checkpoint.py", "tests/test_config.py",
     "tests/test_convert_checkpoint.py", "tests/test_data.py", "tests/test_fit_check.py", "tests/test_metrics_csv.py",
-    "tests/test_resume.py", "tests/test_resume_rules.py", "tests/test_run_files.py", "tests/test_scaling.py",
+    "tests/test_resume.py", "tests/test_resume_rules.py", "tests/test_run_files.py", "tests/test_safety.py",
+    "tests/test_scaling.py",
     "tests/test_training.py",
     ".github/workflows/tests.yml",
 }
