@@ -39,17 +39,18 @@ each as its own `python` subprocess with stdout and stderr sent to OUT/logs/<whi
 What is timed:
   * start-up: from the parent's time.time() just before it starts the subprocess to the
     child's time.time() when the first training batch is in hand (ours: the first call of
-    Trainer._to_device; bare: the first batch indexed). It covers Python start, imports, config,
+    Trainer.train_step; bare: the first batch indexed). It covers Python start, imports, config,
     decoding and normalising the data, building the model, and for ours the run directory,
     train.log, metrics.csv and the TensorBoard writer (tensorboard import included).
-  * per-epoch: time.perf_counter() between consecutive starts of Trainer._train_epoch, and from
-    the last start to the return of Trainer.train(). So an epoch of ours includes everything
-    BaseTrainer.train does per epoch besides training and validation: the scheduler step, the
-    log line, the metrics.csv row, the TensorBoard scalars and flush, the monitor update and the
-    checkpoint files (latest.pth, checkpoint-epoch<N>.pth, model_best.pth, each fsynced); the
-    last epoch also carries closing the TensorBoard writer. It is split into train (the training
-    loop incl. its progress bar and the metric read-out), valid (Trainer._valid_epoch) and
-    other (the bookkeeping). Bare's epoch is its training loop plus its validation pass.
+  * per-epoch: time.perf_counter() between consecutive calls of the Trainer's public hook
+    on_epoch_start, and from the last one to the return of Trainer.train(). So an epoch of ours
+    includes everything the trainer does per epoch besides training and validation: the
+    scheduler step, the log line, the metrics.csv row, the TensorBoard scalars and flush, the
+    monitor update and the checkpoint files (latest.pth, checkpoint-epoch<N>.pth,
+    model_best.pth, each fsynced); the last epoch also carries closing the TensorBoard writer.
+    It is split into train (to the epoch's first valid_step: the training loop incl. its
+    progress bar and the metric read-out), valid (from there to on_epoch_end, so the row and
+    the checkpoints count here: milliseconds) and other (the rest). Bare's epoch is its training loop plus its validation pass.
 
 Both children get the same environment: torch's default number of CPU threads unless
 `--threads T` sets OMP_NUM_THREADS=T for both (with another busy process on the machine, torch's
@@ -159,53 +160,53 @@ def summarise_epochs(records: list[dict[str, float]], end: float) -> list[dict[s
 
 
 def install_ours_timers(trainer_cls: Any) -> dict[str, Any]:
-    """Wrap the project's Trainer methods with timers; returns the dict they fill.
+    """Time the project's Trainer through its public hooks; returns the dict they fill.
 
-    `first_batch` (time.time()) is set by the first `_to_device` call, which then unwraps itself;
-    `records` gets perf_counter() stamps per epoch; `train_end` is set when `train()` returns.
+    `first_batch` (time.time()) is set by the first `train_step`; `records` gets perf_counter()
+    stamps per epoch: `start` at `on_epoch_start`, `valid_start` at the epoch's first
+    `valid_step` (which also ends its training half), `valid_end` at `on_epoch_end` (so the
+    epoch's row, scheduler step and checkpoints count as validation: milliseconds); `train_end`
+    is set when `train()` returns.
     """
-    hooks = ("_to_device", "_train_epoch", "_valid_epoch", "train")
+    hooks = ("train_step", "valid_step", "on_epoch_start", "on_epoch_end", "train")
     missing = [name for name in hooks if not callable(getattr(trainer_cls, name, None))]
     if missing:
         raise RuntimeError(f"the project's Trainer has no {', '.join(missing)}: update bench.py's timers")
     clock = time.perf_counter
     timings: dict[str, Any] = {"first_batch": None, "records": [], "train_end": None}
-    original_to_device = trainer_cls._to_device
-    original_train_epoch = trainer_cls._train_epoch
-    original_valid_epoch = trainer_cls._valid_epoch
-    original_train = trainer_cls.train
+    originals = {name: getattr(trainer_cls, name) for name in hooks}
 
-    def first_to_device(self: Any, data: Any, target: Any) -> Any:
-        timings["first_batch"] = time.time()
-        trainer_cls._to_device = original_to_device
-        return original_to_device(self, data, target)
+    def train_step(self: Any, batch: Any) -> Any:
+        if timings["first_batch"] is None:
+            timings["first_batch"] = time.time()
+        return originals["train_step"](self, batch)
 
-    def timed_train_epoch(self: Any, epoch: int) -> Any:
-        record = {"start": clock()}
-        timings["records"].append(record)
-        try:
-            return original_train_epoch(self, epoch)
-        finally:
-            record["train_epoch_end"] = clock()
-
-    def timed_valid_epoch(self: Any, epoch: int) -> Any:
+    def valid_step(self: Any, batch: Any) -> Any:
         record = timings["records"][-1]
-        record["valid_start"] = clock()
-        try:
-            return original_valid_epoch(self, epoch)
-        finally:
-            record["valid_end"] = clock()
+        if "valid_start" not in record:
+            record["valid_start"] = record["train_epoch_end"] = clock()
+        return originals["valid_step"](self, batch)
 
-    def timed_train(self: Any) -> Any:
+    def on_epoch_start(self: Any, epoch: int) -> None:
+        timings["records"].append({"start": clock()})
+        originals["on_epoch_start"](self, epoch)
+
+    def on_epoch_end(self: Any, epoch: int, log: dict[str, float]) -> None:
+        record = timings["records"][-1]
+        record.setdefault("train_epoch_end", clock())
+        if "valid_start" in record:
+            record["valid_end"] = clock()
+        originals["on_epoch_end"](self, epoch, log)
+
+    def train(self: Any) -> Any:
         try:
-            return original_train(self)
+            return originals["train"](self)
         finally:
             timings["train_end"] = clock()
 
-    trainer_cls._to_device = first_to_device
-    trainer_cls._train_epoch = timed_train_epoch
-    trainer_cls._valid_epoch = timed_valid_epoch
-    trainer_cls.train = timed_train
+    for name, wrapper in (("train_step", train_step), ("valid_step", valid_step), ("on_epoch_start", on_epoch_start),
+                          ("on_epoch_end", on_epoch_end), ("train", train)):
+        setattr(trainer_cls, name, wrapper)
     return timings
 
 

@@ -61,8 +61,22 @@ def _check_monitor(value: str) -> str | None:
     return "must be 'off' or '<min|max> <metric>', e.g. 'min val_loss'"
 
 
+def _is_function(value: Any) -> bool:
+    """A function's name, or `{"type": name, "args": {...}}` for one with arguments."""
+    if isinstance(value, str):
+        return True
+    return (isinstance(value, dict) and isinstance(value.get("type"), str) and set(value) <= {"type", "args"}
+            and isinstance(value.get("args", {}), dict))
+
+
+def _check_function(value: Any) -> str | None:
+    return None if _is_function(value) else 'must be a name or {"type": name, "args": {...}}'
+
+
 def _check_names(value: list) -> str | None:
-    return None if all(isinstance(item, str) for item in value) else "must be a list of names (strings)"
+    if all(_is_function(item) for item in value):
+        return None
+    return 'must be a list of names or {"type": name, "args": {...}} objects'
 
 
 def _object(doc: str, args: dict[str, Key] | None = None, types: tuple[type, ...] = (dict,),
@@ -102,10 +116,11 @@ SCHEMA: dict[str, Key] = {
         "lr": Key((float,), "learning rate", default=OPTIONAL, check=_above(0)),
         "weight_decay": Key((float,), "weight decay", default=OPTIONAL, check=_at_least(0)),
     }),
-    "loss": Key((str,), "loss function name in `model/loss.py`"),
+    "loss": Key((str, dict), "loss function in `model/loss.py`: its name, or `{\"type\": name, \"args\": {...}}` "
+                "(e.g. class weights)", check=_check_function),
     "metrics": Key(
-        (list,), "metric function names in `model/metric.py`, logged for training and validation",
-        default=[], check=_check_names,
+        (list,), "metric functions in `model/metric.py`, logged for training and validation: names, or "
+        "`{\"type\": name, \"args\": {...}}` (e.g. top-k's `k`)", default=[], check=_check_names,
     ),
     "lr_scheduler": _object(
         "scheduler class in `torch.optim.lr_scheduler` and its arguments; null for none",

@@ -4,7 +4,7 @@ python convert_checkpoint.py OLD.pth OUT.pth --trust-pickle
 victoresque's trainer pickles its `ConfigParser` object into every checkpoint, so reading one
 runs code stored in the file (torch.load with weights_only=False); this project loads only
 plain data. The converted file holds the weights, `arch`, `epoch`, `monitor_best` and the
-config as a plain dict: enough for test.py and for fine-tuning (`train.py -c config.json -r
+config as a plain dict: enough for test.py and for fine-tuning (`train.py --fine-tune -r
 OUT.pth`), but not a state to resume (no optimizer, scheduler or random number states).
 """
 
@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 
+from cli import CommandLineParser
 from config_schema import validate
-from parse_config import CommandLineParser
-from utils.checkpoint import FORMAT_VERSION
 from utils.checkpoint import _strip_wrappers as strip_wrappers  # the rule load_weights applies
 from utils.checkpoint import _write_atomic as write_atomic  # the trainer's own atomic writer
 from utils.errors import InputError
@@ -87,7 +86,7 @@ def convert(old: dict[str, Any], path: Path) -> tuple[dict[str, Any], str | None
     if not isinstance(arch, str):
         raise InputError(f"checkpoint '{path}': names no model class (no arch, nor arch.type in its config)")
     converted = {
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,  # the layout of weights and epoch-level values only (utils/checkpoint.py upgrades it)
         "arch": arch,
         "epoch": int(old.get("epoch", 0)),
         "state_dict": {strip_wrappers(key): value for key, value in old["state_dict"].items()},
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(buffer.getvalue(), args.destination)
     out = args.destination
     print(f"wrote {out}: {converted['arch']} weights of epoch {converted['epoch']}; evaluate with "
-          f"python test.py -r {out}, or fine-tune with python train.py -c config.json -r {out}")
+          f"python test.py -r {out}, or fine-tune with python train.py --fine-tune -r {out}")
     return 0
 
 

@@ -1,15 +1,14 @@
-"""ConfigParser: read config.json, validate it, apply command-line overrides, build objects."""
+"""The config of a run: read config.json, validate it, make the run directory, build the objects
+its `{"type", "args"}` blocks name. (The command line is cli.py's.)"""
 
-import argparse
-import copy
+import functools
 import inspect
 import json
-import os
-import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 
 from config_schema import validate
 from utils.branch import branch_folder, is_older_than_its_run, start_branch
@@ -52,142 +51,21 @@ def read_json(path: Path) -> Any:
         raise InputError(f"config '{path}': key '{exc.key}' appears twice in one object") from None
 
 
-LATEST = "latest"  # `-r latest`: the newest run of the config
-
-
-def newest_run_checkpoint(config_path: Path) -> Path:
-    """`latest.pth` of the newest run (by that file's modification time) under the config's
-    `<save_dir>/<name>/`."""
-    config = validate(read_json(config_path))
-    runs = Path(config["trainer"]["save_dir"]) / config["name"]
-    candidates = sorted(runs.glob("*/latest.pth"), key=lambda path: path.stat().st_mtime_ns)
-    if not candidates:
-        raise InputError(
-            f"-r {LATEST}: no run of config '{config_path}' has a latest.pth under '{runs}'; "
-            f"start one with -c {config_path}"
-        )
-    return candidates[-1]
-
-
-def apply_override(config: dict[str, Any], override: str) -> None:
-    """Set one dotted key from `KEY=VALUE`, e.g. `trainer.epochs=5` or `optimizer.args.lr=0.01`.
-
-    VALUE is read as JSON (numbers, true/false, null, lists, objects) and as a plain string
-    otherwise. The result is validated with the rest of the config afterwards.
-    """
-    path, sep, text = override.partition("=")
-    keys = path.strip().split(".")
-    if not sep or not all(keys):
-        raise InputError(f"override '{override}': expected KEY=VALUE, e.g. trainer.epochs=5")
-    try:
-        value = json.loads(text, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError:
-        value = text
-    except DuplicateKeyError as exc:
-        raise InputError(f"override '{override}': key '{exc.key}' appears twice in one object") from None
-    node = config
-    for depth, key in enumerate(keys[:-1]):
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            parent = ".".join(keys[: depth + 1])
-            raise InputError(f"override '{override}': '{parent}' is not an object, cannot set '{path}'")
-    node[keys[-1]] = value
-
-
-def gpu_indices(text: str) -> str:
-    if not re.fullmatch(r"\d+(,\d+)*", text):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a list of GPU indices, e.g. 0 or 0,1")
-    return text
-
-
-def folder_name(text: str) -> str:
-    if not re.fullmatch(r"[\w.-]+", text) or text in (".", ".."):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a folder name (letters, digits, '_', '-', '.')")
-    return text
-
-
-class CommandLineParser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line on stderr and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def command_line_parser(description: str) -> CommandLineParser:
-    """The parser with the options shared by train.py and test.py."""
-    parser = CommandLineParser(description=description)
-    parser.add_argument("-c", "--config", help="config file (JSON)")
-    parser.add_argument(
-        "-r", "--resume",
-        help=f"checkpoint to resume from (train) or evaluate (test); '{LATEST}': latest.pth of the newest run "
-        "of the config (-c, default config.json)",
-    )
-    parser.add_argument(
-        "-d", "--device", type=gpu_indices, help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)"
-    )
-    parser.add_argument(
-        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-        help="set any config key, e.g. -o trainer.epochs=5 -o optimizer.args.lr=3e-4 (repeatable)",
-    )
-    return parser
-
-
 class ConfigParser:
     """The validated config of one run, plus factories that build objects from its
     `{"type": ..., "args": ...}` blocks. Creating one touches no file: the run directory
     is made by `make_run_dir`, which only training calls."""
 
-    def __init__(
-        self,
-        config: dict[str, Any],
-        checkpoint: dict[str, Any] | None = None,
-        resume_path: Path | None = None,
-        fine_tune: bool = False,
-        run_id: str | None = None,
-    ) -> None:
+    def __init__(self, config: dict[str, Any], resume_path: Path | None = None, fine_tune: bool = False,
+                 run_id: str | None = None) -> None:
+        """`resume_path`: the checkpoint to resume from, or with `fine_tune` to start a new run
+        from the weights of (the trainer reads it); `run_id`: the new run folder's name."""
         self.config = validate(config)
-        self.checkpoint = checkpoint
         self.resume_path = resume_path
-        self.fine_tune = fine_tune  # -c with -r: start a new run from the checkpoint's weights
+        self.fine_tune = fine_tune
         self.run_id = run_id
         self.run_dir: Path | None = None
         self.branched_from: Path | None = None  # the run folder a resume from an older checkpoint branched off
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, shortcuts: dict[str, str] | None = None) -> "ConfigParser":
-        """Build from parsed CLI arguments. `shortcuts` maps an attribute of `args`
-        (e.g. `lr`) to the dotted config key it sets (e.g. `optimizer.args.lr`)."""
-        if args.device is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = args.device
-        checkpoint = None
-        resume_path = Path(args.resume) if args.resume else None
-        resume_latest = args.resume == LATEST
-        if resume_latest:
-            resume_path = newest_run_checkpoint(Path(args.config or "config.json"))
-        if resume_path is not None:
-            checkpoint = load_checkpoint(resume_path)
-        if args.config and not resume_latest:
-            config = read_json(Path(args.config))
-        elif checkpoint is not None:
-            config = copy.deepcopy(checkpoint["config"])  # overrides must not rewrite the checkpoint's record
-        else:
-            raise InputError("no config: give a config file with -c or a checkpoint with -r")
-        if not isinstance(config, dict):
-            raise InputError(f"config '{args.config}': must be a JSON object")
-        overrides = list(args.override)
-        for attribute, key in (shortcuts or {}).items():
-            value = getattr(args, attribute, None)
-            if value is not None:
-                overrides.append(f"{key}={value}")
-        for override in overrides:
-            apply_override(config, override)
-        return cls(
-            config,
-            checkpoint=checkpoint,
-            resume_path=resume_path,
-            fine_tune=bool(args.config and resume_path and not resume_latest),
-            run_id=getattr(args, "run_id", None),
-        )
 
     def __getitem__(self, name: str) -> Any:
         return self.config[name]
@@ -195,18 +73,19 @@ class ConfigParser:
     @property
     def resuming(self) -> bool:
         """True when training continues a run (as opposed to starting or fine-tuning one)."""
-        return self.checkpoint is not None and not self.fine_tune
+        return self.resume_path is not None and not self.fine_tune
 
     def make_run_dir(self) -> Path:
         """Create (or, when resuming, reuse) the run directory and save the resolved config and
         this invocation's record (`run_info.json`) in it."""
         if self.resuming:
-            assert self.resume_path is not None and self.checkpoint is not None
+            assert self.resume_path is not None
+            checkpoint = load_checkpoint(self.resume_path)  # already read by the trainer: not read again
             run_dir = self.resume_path.resolve().parent
-            if is_older_than_its_run(self.resume_path, self.checkpoint):
-                run_dir = branch_folder(run_dir, self.checkpoint["epoch"])
+            if is_older_than_its_run(self.resume_path, checkpoint):
+                run_dir = branch_folder(run_dir, checkpoint["epoch"])
                 self.branched_from = self.resume_path.resolve().parent
-                start_branch(self.resume_path, self.checkpoint, run_dir)
+                start_branch(self.resume_path, checkpoint, run_dir)
         else:
             base = Path(self.config["trainer"]["save_dir"]) / self.config["name"]
             run_id = self.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -245,11 +124,31 @@ class ConfigParser:
             raise InputError(f"config: '{name}.args' rejected by {block['type']}: {exc}") from None
 
     def init_ftn(self, name: str, module: ModuleType) -> Any:
-        """The function named by config key `name` (a string, or each string of a list)."""
+        """The function config key `name` names (each one, for a list): a name, or
+        `{"type": name, "args": {...}}`, whose args are bound to the function."""
         value = self.config[name]
         if isinstance(value, list):
-            return [lookup(module, item, f"{name}[{i}]") for i, item in enumerate(value)]
-        return lookup(module, value, name)
+            return [function(module, item, f"{name}[{i}]") for i, item in enumerate(value)]
+        return function(module, value, name)
+
+
+def function(module: ModuleType, spec: str | dict[str, Any], key: str) -> Callable[..., Any]:
+    """The function of `module` that `spec` names, with the spec's `args` bound. Its `__name__`
+    (the metric's column in metrics.csv) is the function's name, followed by the arguments
+    when there are any: `top_k_acc_k5` for `{"type": "top_k_acc", "args": {"k": 5}}`."""
+    if isinstance(spec, str):
+        return lookup(module, spec, key)
+    fn = lookup(module, spec["type"], f"{key}.type")
+    args = spec.get("args", {})
+    if not args:
+        return fn
+    try:
+        inspect.signature(fn).bind_partial(None, None, **args)
+    except TypeError as exc:
+        raise InputError(f"config: '{key}.args' do not fit {spec['type']}: {exc}") from None
+    bound = functools.partial(fn, **args)
+    bound.__name__ = "_".join([spec["type"], *(f"{arg}{value}" for arg, value in args.items())])  # type: ignore[attr-defined]
+    return bound
 
 
 def lookup(module: ModuleType, name: str, key: str, base: type | tuple[type, ...] | None = None) -> Any:

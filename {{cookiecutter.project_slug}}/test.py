@@ -6,47 +6,40 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 import data_loader as module_data
 import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
+from cli import command_line_parser, config_from_args
 from logger import setup_logging
-from parse_config import ConfigParser, command_line_parser, lookup
-from utils import InputError, MetricTracker, prepare_device
-from utils.checkpoint import load_weights
+from parse_config import ConfigParser, lookup
+from trainer import Trainer
+from utils import InputError, setup_device
+from utils.checkpoint import load_checkpoint, load_weights
 from utils.fit_check import accepts, check_model_fits_data
 
 logger = logging.getLogger("test")
 
 
-@torch.no_grad()
 def evaluate(config: ConfigParser) -> dict[str, float]:
-    """Loss and every metric of the checkpoint's model on the test split (sample-weighted
-    averages). Writes nothing: no run directory is created."""
-    if config.checkpoint is None:
+    """Loss and every metric of the checkpoint's model on the test split, measured by the
+    trainer's own `valid_step` (sample-weighted averages). Writes nothing."""
+    if config.resume_path is None:
         raise InputError("no checkpoint: give the checkpoint to evaluate with -r")
+    checkpoint = load_checkpoint(config.resume_path)
     setup_logging(config["trainer"]["verbosity"])
-    device, _ = prepare_device(config["n_gpu"])
-    data_loader = build_test_loader(config, config.checkpoint)
+    device, _ = setup_device(config["n_gpu"])
+    data_loader = build_test_loader(config, checkpoint)
     model = config.init_obj("arch", module_arch, torch.nn.Module)
-    load_weights(model, config.checkpoint, config["arch"]["type"], config.resume_path)
+    load_weights(model, checkpoint, config["arch"]["type"], config.resume_path)
     model.to(device).eval()
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
     check_model_fits_data(model, data_loader, criterion, metric_fns, device)
-
-    tracker = MetricTracker("loss", *(fn.__name__ for fn in metric_fns))
-    show_progress = config["trainer"]["verbosity"] >= 1
-    for data, target in tqdm(data_loader, desc="test", leave=False, disable=not show_progress):
-        data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        output = model(data)
-        n = target.size(0)
-        tracker.update("loss", criterion(output, target), n)
-        for fn in metric_fns:
-            tracker.update(fn.__name__, fn(output, target), n)
-    return tracker.result()
+    trainer = Trainer(model, criterion, metric_fns, None, config=config, device=device, device_ids=[],
+                      data_loader=data_loader)
+    return trainer.evaluate(data_loader)
 
 
 def build_test_loader(config: ConfigParser, checkpoint: dict[str, Any]) -> DataLoader:
@@ -73,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_line_parser("Evaluate a checkpoint on the test split.")
     args = parser.parse_args(argv)
     try:
-        results = evaluate(ConfigParser.from_args(args))
+        results = evaluate(config_from_args(args))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,11 @@
-"""Train a model: python train.py -c config.json [-r CHECKPOINT] [-o KEY=VALUE ...] [--dry-run]"""
+"""Train a model: python train.py -c config.json [-r CHECKPOINT [--fine-tune]] [-o KEY=VALUE ...] [--dry-run]"""
 
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -14,10 +15,12 @@ import data_loader as module_data
 import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
+from base.base_model import count_parameters
+from cli import command_line_parser, config_from_args, folder_name
 from logger import setup_logging
-from parse_config import ConfigParser, command_line_parser, folder_name, lookup
+from parse_config import ConfigParser, lookup
 from trainer import Trainer
-from utils import InputError, TrainingInterrupted, distributed, prepare_device, seed_everything
+from utils import InputError, TrainingInterrupted, distributed, seed_everything, setup_device
 from utils.errors import TrainingDiverged
 from utils.fit_check import accepts, check_model_fits_data
 from utils.lr_schedule import resolve_plateau_mode
@@ -34,41 +37,44 @@ SHORTCUTS = {"lr": "optimizer.args.lr", "bs": "data_loader.args.batch_size"}
 
 def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     """Build the data loaders, model, loss, metrics, optimizer, scheduler and trainer that the
-    config describes. Every input mistake surfaces here as an InputError; nothing is written."""
-    ddp_device = distributed.init_distributed()  # None unless launched by torchrun
+    config describes, restored from `-r` when given. Every input mistake surfaces here as an
+    InputError; nothing is written."""
+    device, device_ids = setup_device(config["n_gpu"])
     setup_logging(config["trainer"]["verbosity"] if distributed.is_main() else 0)  # other ranks: warnings only
     seed = config["trainer"]["seed"]
     if seed is not None:
         seed_everything(seed)  # the same on every rank: the same initial model
-    device, device_ids = (ddp_device, []) if ddp_device is not None else prepare_device(config["n_gpu"])
-
-    loader_options = {}
-    if dry_run and accepts(lookup(module_data, config["data_loader"]["type"], "data_loader.type", DataLoader),
-                           "download"):
-        loader_options["download"] = False  # a dry run writes nothing, datasets included
-    data_loader = config.init_obj("data_loader", module_data, DataLoader, **loader_options)
+    data_loader = build_data_loader(config, dry_run)
     valid_data_loader = data_loader.split_validation() if hasattr(data_loader, "split_validation") else None
-
     model = config.init_obj("arch", module_arch, torch.nn.Module).to(device)
     logger.debug(model)
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
     check_model_fits_data(model, data_loader, criterion, metric_fns, device)  # before any run folder exists
-
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = config.init_obj("optimizer", torch.optim, torch.optim.Optimizer, parameters)
-    lr_scheduler = None
-    resolve_plateau_mode(config.config)
-    if config["lr_scheduler"] is not None:
-        lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, LRScheduler, optimizer)
-
+    optimizer, lr_scheduler = build_optimizer(config, model)
     if seed is not None and distributed.active():
         seed_everything(seed + distributed.rank())  # a different dropout mask on every rank
-    return Trainer(
-        model, criterion, metric_fns, optimizer,
-        config=config, device=device, device_ids=device_ids,
-        data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler,
-    )
+    trainer = Trainer(model, criterion, metric_fns, optimizer, config=config, device=device, device_ids=device_ids,
+                      data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler)
+    trainer.restore()
+    return trainer
+
+
+def build_data_loader(config: ConfigParser, dry_run: bool = False) -> DataLoader:
+    """The config's training data loader (a dry run downloads nothing)."""
+    loader_class = lookup(module_data, config["data_loader"]["type"], "data_loader.type", DataLoader)
+    options = {"download": False} if dry_run and accepts(loader_class, "download") else {}
+    return config.init_obj("data_loader", module_data, DataLoader, **options)
+
+
+def build_optimizer(config: ConfigParser, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer over the model's trainable parameters, and the scheduler (or None)."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = config.init_obj("optimizer", torch.optim, torch.optim.Optimizer, parameters)
+    resolve_plateau_mode(config.config)
+    if config["lr_scheduler"] is None:
+        return optimizer, None
+    return optimizer, config.init_obj("lr_scheduler", torch.optim.lr_scheduler, LRScheduler, optimizer)
 
 
 def train(config: ConfigParser) -> dict[str, float]:
@@ -82,9 +88,7 @@ def dry_run(config: ConfigParser) -> dict[str, float]:
     trainer = build_trainer(config, dry_run=True)
     losses = trainer.dry_run()
     print(json.dumps(config.config, indent=4))
-    parameters = list(trainer.model.parameters())
-    total = sum(p.numel() for p in parameters)
-    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    total, trainable = count_parameters(trainer.raw_model)
     print(f"model {config['arch']['type']}: {total:,} parameters ({trainable:,} trainable)")
     batches = "  ".join(f"{key} {value:.4f}" for key, value in losses.items())
     print(f"dry run passed on {trainer.device}: one training and one validation batch ({batches}); nothing written")
@@ -97,13 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bs", type=int, help="batch size (sets data_loader.args.batch_size)")
     parser.add_argument("--run-id", type=folder_name, help="name of the run directory (default: the start time)")
     parser.add_argument(
+        "--fine-tune", action="store_true",
+        help="with -r: start a new run from the checkpoint's weights alone (its config, or -c's)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true",
         help="check the config: build everything, run one training and one validation batch, write nothing",
     )
     args = parser.parse_args(argv)
     try:
         with stop_request.listening():  # a signal while the run is being built stops it too
-            config = ConfigParser.from_args(args, SHORTCUTS)
+            config = config_from_args(args, SHORTCUTS)
             if args.dry_run:
                 dry_run(config)
             else:
@@ -118,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         return TrainingDiverged.EXIT_STATUS
     except TrainingInterrupted as exc:
         if distributed.is_main():
-            print(exc, file=sys.stderr)
             report_stop(exc)
         return 128 + exc.signal_number
     finally:
@@ -127,12 +134,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_stop(exc: TrainingInterrupted) -> None:
-    """Tell launch.py (through the file it names in STOP_REPORT_ENV) that training stopped on a
-    signal and where its position was saved: torchrun itself exits 1 on a signal, whatever its
-    workers did, so the launcher learns it here."""
+    """Say how to resume a run stopped by a signal. Under launch.py, tell it instead (through the
+    file it names in STOP_REPORT_ENV): torchrun itself exits 1 on a signal, whatever its workers
+    did, so the launcher learns here that the position was saved, and prints the command."""
     report = os.environ.get(STOP_REPORT_ENV)
-    if report and exc.checkpoint is not None:
+    if report and exc.checkpoint is not None:  # launch.py prints the command that resumes
         Path(report).write_text(json.dumps({"signal": exc.signal_number, "checkpoint": exc.checkpoint}) + "\n")
+    elif distributed.launched_by_torchrun() and exc.checkpoint is not None:
+        print(f"interrupted by signal {exc.signal_number}; resume with: torchrun [the same options] train.py "
+              f"-r {exc.checkpoint}", file=sys.stderr)
+    else:
+        print(exc, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,13 @@ class BaseModel(nn.Module, ABC):
         """The forward pass."""
 
     def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return count_parameters(self)[1]
 
     def __str__(self) -> str:
         return f"{super().__str__()}\nTrainable parameters: {self.num_trainable_parameters():,}"
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable ones) of `model`, counted in numbers."""
+    parameters = list(model.parameters())
+    return sum(p.numel() for p in parameters), sum(p.numel() for p in parameters if p.requires_grad)

@@ -12,7 +12,8 @@ import torch
 import config_schema
 import model.model as module_arch
 import train
-from parse_config import ConfigParser, apply_override, lookup, read_json
+from cli import apply_override
+from parse_config import ConfigParser, lookup, read_json
 from utils.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -76,13 +76,14 @@ def test_converted_checkpoint_evaluates_fine_tunes_and_is_not_resumed(
 
     expected, actual = run(test_script, ["-r", str(trained)], capsys), run(test_script, ["-r", str(new)], capsys)
     assert actual[0] == expected[0] == 0 and actual[1] == expected[1]  # the same weights score the same
-    status, _, err = run(train, ["-c", str(tmp_path / "config.json"), "-r", str(new), "--run-id", "tuned"], capsys)
+    tune = ["-c", str(tmp_path / "config.json"), "-r", str(new), "--fine-tune", "--run-id", "tuned"]
+    status, _, err = run(train, tune, capsys)
     assert status == 0, err
     assert (tmp_path / "saved" / "Mnist_LeNet" / "tuned" / "latest.pth").is_file()
     status, _, err = run(train, ["-r", str(new), "-o", "trainer.epochs=5"], capsys)
     assert status == 2
     assert err == (f"error: checkpoint '{new}': holds weights only (no optimizer state), so it cannot be resumed; "
-                   f"fine-tune from it with -c config.json -r {new}\n")
+                   f"fine-tune from it with --fine-tune -r {new}\n")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "new.pth", "old.pth", "saved"]
 
 

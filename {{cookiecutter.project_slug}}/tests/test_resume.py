@@ -40,16 +40,17 @@ def metrics_rows(path: Path) -> list[dict[str, str]]:
 
 def signal_after(monkeypatch: pytest.MonkeyPatch, method: str, calls: int, number: int = signal.SIGTERM) -> None:
     """Deliver `number` to this process right after the `calls`-th call of Trainer.`method`
-    (`_train_batch` or `_valid_batch`), as a scheduler's SIGTERM would arrive mid-epoch."""
+    (`train_step` or `valid_step`), as a scheduler's SIGTERM would arrive mid-epoch."""
     original = getattr(Trainer, method)
     count = 0
 
-    def wrapped(self: Trainer, *args: Any) -> None:
+    def wrapped(self: Trainer, *args: Any) -> Any:
         nonlocal count
-        original(self, *args)
+        result = original(self, *args)
         count += 1
         if count == calls:
             signal.raise_signal(number)
+        return result
 
     monkeypatch.setattr(Trainer, method, wrapped)
 
@@ -57,9 +58,9 @@ def signal_after(monkeypatch: pytest.MonkeyPatch, method: str, calls: int, numbe
 @pytest.mark.parametrize(
     ("method", "calls", "num_workers", "batches_done"),
     [
-        ("_train_batch", 17, 0, 5),  # 12 batches per epoch: stops in epoch 2 after 5 of them
-        ("_train_batch", 17, 2, 5),  # the same with two worker processes
-        ("_valid_batch", 3, 0, 12),  # stops in epoch 2's validation: its training is done
+        ("train_step", 17, 0, 5),  # 12 batches per epoch: stops in epoch 2 after 5 of them
+        ("train_step", 17, 2, 5),  # the same with two worker processes
+        ("valid_step", 3, 0, 12),  # stops in epoch 2's validation: its training is done
     ],
 )
 def test_a_signal_mid_epoch_saves_the_position_and_the_resume_is_bitwise(
@@ -99,7 +100,7 @@ def test_sigint_exits_with_130_and_a_resume_hint(
     make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     (tmp_path / "config.json").write_text(json.dumps(make_config(trainer__epochs=2)))
-    signal_after(monkeypatch, "_train_batch", 3, signal.SIGINT)
+    signal_after(monkeypatch, "train_step", 3, signal.SIGINT)
     assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "x"]) == 130
     latest = run_dir(tmp_path, "x") / "latest.pth"
     assert f"resume with: python train.py -r {latest}" in capsys.readouterr().err

@@ -43,32 +43,34 @@ def assert_same_weights(expected: Path, actual: Path) -> None:
 
 
 def patch_batches(monkeypatch: pytest.MonkeyPatch, action: Callable[[int], None]) -> None:
-    """Call `action(n)` after the n-th training batch of the process (n from 1)."""
-    original = Trainer._train_batch
+    """Call `action(n)` after the n-th training step of the process (n from 1)."""
+    original = Trainer.train_step
     count = 0
 
-    def wrapped(self: Trainer, *args: Any) -> None:
+    def wrapped(self: Trainer, batch: Any) -> Any:
         nonlocal count
-        original(self, *args)
+        result = original(self, batch)
         count += 1
         action(count)
+        return result
 
-    monkeypatch.setattr(Trainer, "_train_batch", wrapped)
+    monkeypatch.setattr(Trainer, "train_step", wrapped)
 
 
 def nan_loss_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     """Make the loss of the `call`-th training batch NaN, as a diverging run's would be."""
-    original = Trainer._train_batch
+    original = Trainer.train_step
     count = 0
 
-    def wrapped(self: Trainer, data: torch.Tensor, target: torch.Tensor, step: bool = True) -> None:
+    def wrapped(self: Trainer, batch: Any) -> Any:
         nonlocal count
         count += 1
+        data, target = batch
         if count == call:
             data = torch.full_like(data, float("nan"))
-        original(self, data, target, step)
+        return original(self, (data, target))
 
-    monkeypatch.setattr(Trainer, "_train_batch", wrapped)
+    monkeypatch.setattr(Trainer, "train_step", wrapped)
 
 
 def test_a_nan_loss_stops_with_status_3_and_keeps_the_last_good_checkpoint(
@@ -203,14 +205,15 @@ def test_one_cycle_steps_per_optimizer_step_and_resumes_exactly_mid_epoch(
 def test_resuming_after_a_stop_in_validation_warns_nothing(
     make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    original = Trainer._valid_batch
+    original = Trainer.valid_step
 
-    def stop_in_validation(self: Trainer, *args: Any) -> None:
-        original(self, *args)
+    def stop_in_validation(self: Trainer, batch: Any) -> Any:
+        result = original(self, batch)
         signal.raise_signal(signal.SIGTERM)
+        return result
 
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_valid_batch", stop_in_validation)
+        patch.setattr(Trainer, "valid_step", stop_in_validation)
         with pytest.raises(TrainingInterrupted):
             train.train(fresh(make_config(trainer__epochs=1), "stopped"))
     with warnings.catch_warnings(record=True) as caught:

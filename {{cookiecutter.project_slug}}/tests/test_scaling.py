@@ -25,8 +25,8 @@ def one_step_weights(make_config: ConfigFactory, batch_size: int, accumulate: in
     trainer.model.eval()  # dropout off: both ways see the same network
     batches = iter(trainer.data_loader)
     for index in range(accumulate):
-        trainer._train_batch(*next(batches), step=index == accumulate - 1)
-    assert trainer.global_step == 1
+        trainer._train_batch(next(batches), step=index == accumulate - 1)
+    assert trainer.progress.global_step == 1
     return {key: value.clone() for key, value in trainer.model.state_dict().items()}
 
 

@@ -5,16 +5,21 @@ import os
 import re
 import shlex
 import tempfile
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from utils import distributed
 from utils.errors import InputError
+from utils.seed import rng_state, set_rng_state
 
-# Bump when the layout of the dict changes; a checkpoint newer than this is refused.
-FORMAT_VERSION = 2
+# Bump when the layout of the dict changes (and teach `upgrade` the step); a checkpoint newer
+# than this is refused. 1: weights and epoch-level state; 2: the position inside an epoch, RNGs;
+# 3: the class list of image folders, every DDP rank's running metrics, no tensorboard_step.
+FORMAT_VERSION = 3
 REQUIRED_KEYS = ("format_version", "arch", "epoch", "state_dict", "config")
 
 
@@ -110,14 +115,38 @@ def _epoch_of(path: Path) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a checkpoint; any problem with the file is an InputError naming it."""
+_last_read: tuple[tuple[str, int, int], dict[str, Any]] | None = None  # (file identity, its checkpoint)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read and check a checkpoint (upgraded to the current layout); any problem with the file
+    is an InputError naming it. The last file read is kept, so that the command line (which
+    needs its config) and the trainer (which restores it) read it from disk once."""
+    global _last_read
+    identity = _identity(path)
+    if _last_read is not None and identity is not None and _last_read[0] == identity:
+        return _last_read[1]
+    checkpoint = upgrade(_read(path))
+    if identity is not None:
+        _last_read = (identity, checkpoint)
+    return checkpoint
+
+
+def _identity(path: Path) -> tuple[str, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return str(path.resolve()), info.st_mtime_ns, info.st_size
+
+
+def _read(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise InputError(f"checkpoint '{path}': a folder, not a checkpoint file")
     if not path.is_file():
         raise InputError(f"checkpoint '{path}': no such file")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         raise InputError(_unreadable(path, exc)) from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
@@ -132,6 +161,78 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise InputError(f"checkpoint '{path}': missing {', '.join(missing)}")
     return checkpoint
+
+
+def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint in the current layout: every format change is undone here, in one place,
+    so that no reader needs to know older layouts."""
+    upgraded = dict(checkpoint)
+    if upgraded["format_version"] < 2:  # saved at epoch ends only, without RNG or position
+        upgraded.update(batches_done=0, epoch_metrics=None, global_step=0, data_loader_seed=None)
+        for key, default in (("monitor_best", None), ("not_improved_count", 0), ("optimizer", None),
+                             ("lr_scheduler", None), ("scaler", None), ("rng", None)):
+            upgraded.setdefault(key, default)
+    if upgraded["format_version"] < 3:
+        upgraded.pop("tensorboard_step", None)  # written, never read
+        upgraded.setdefault("classes", None)
+        upgraded.setdefault("rng_per_rank", None)
+    upgraded["format_version"] = FORMAT_VERSION
+    return upgraded
+
+
+@dataclass
+class Progress:
+    """Where a run is: `epoch` epochs finished and `batches_done` batches of the next one trained
+    (with `epoch_metrics`, their running sums), `global_step` optimizer steps in all, and the
+    monitored metric's best value and epochs without improvement."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    global_step: int = 0
+    monitor_best: float | None = None
+    not_improved_count: int = 0
+    epoch_metrics: dict[str, Any] | None = None
+
+
+def training_state(progress: Progress, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   scaler: Any, config: dict[str, Any], loader: Any = None) -> dict[str, Any]:
+    """Everything the next batch depends on, as plain data (loads with weights_only=True): the
+    checkpoint dict. Under DDP every rank's RNG state is gathered into `rng_per_rank`."""
+    rng = rng_state()
+    return {
+        "format_version": FORMAT_VERSION,
+        "arch": type(unwrap_model(model)).__name__,
+        **asdict(progress),
+        "state_dict": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng,
+        "rng_per_rank": distributed.gather(rng) if distributed.active() else None,
+        "data_loader_seed": getattr(loader, "seed", None),
+        "classes": getattr(loader, "classes", None),  # an image folder's class list: test.py labels by it
+        "config": config,
+    }
+
+
+def restore_training_state(checkpoint: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
+                           scaler: Any, loader: Any = None) -> Progress:
+    """Put the optimizer, scheduler, scaler, data order and random number generators back as
+    the checkpoint has them (weights: `load_weights`); returns the run's progress."""
+    if checkpoint["optimizer"] is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None and checkpoint["lr_scheduler"] is not None:
+        scheduler.load_state_dict(checkpoint["lr_scheduler"])
+    if scaler is not None and checkpoint["scaler"] is not None:
+        scaler.load_state_dict(checkpoint["scaler"])
+    if hasattr(loader, "seed") and checkpoint["data_loader_seed"] is not None:
+        loader.seed = checkpoint["data_loader_seed"]
+    per_rank = checkpoint["rng_per_rank"]
+    if per_rank is not None and len(per_rank) == distributed.world_size():
+        set_rng_state(per_rank[distributed.rank()])
+    elif checkpoint["rng"] is not None:
+        set_rng_state(checkpoint["rng"])
+    return Progress(**{field.name: checkpoint[field.name] for field in fields(Progress)})
 
 
 # victoresque/pytorch-template's trainer pickles its `parse_config.ConfigParser` object into

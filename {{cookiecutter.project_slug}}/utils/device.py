@@ -1,10 +1,25 @@
-"""The one place that decides which device the run uses."""
+"""The one place that decides the device and the distributed rank of a process, and how the
+model and the batches get there."""
 
 import logging
+from typing import Any
 
 import torch
+from torch import nn
+
+from utils import distributed
 
 logger = logging.getLogger(__name__)
+
+
+def setup_device(n_gpu: int) -> tuple[torch.device, list[int]]:
+    """The device this process computes on, and the GPU ids for DataParallel (empty unless
+    `n_gpu` > 1 in a single process). Under torchrun: joins the process group, one device per
+    process; otherwise `n_gpu` GPUs, or the CPU. train.py and test.py both start here."""
+    ddp_device = distributed.init_distributed()  # None unless launched by torchrun
+    if ddp_device is not None:
+        return ddp_device, []
+    return prepare_device(n_gpu)
 
 
 def prepare_device(n_gpu: int) -> tuple[torch.device, list[int]]:
@@ -22,3 +37,26 @@ def prepare_device(n_gpu: int) -> tuple[torch.device, list[int]]:
         n_gpu = available
     device = torch.device("cuda:0" if n_gpu > 0 else "cpu")
     return device, list(range(n_gpu))
+
+
+def wrap_model(model: nn.Module, device: torch.device, device_ids: list[int]) -> nn.Module:
+    """`model` as training runs it: in DistributedDataParallel under torchrun, in DataParallel
+    for several GPUs in one process, else as it is."""
+    if distributed.active():
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if len(device_ids) > 1:  # torchrun is the faster way
+        return nn.DataParallel(model, device_ids=device_ids)
+    return model
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """`batch` with every tensor in it (also inside tuples, lists and dicts) on `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: move_to(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [move_to(value, device) for value in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch

@@ -44,13 +44,21 @@ def resolve_plateau_mode(config: dict[str, Any]) -> None:
     block["args"]["mode"] = mode
 
 
-def check_step_budget(scheduler: Any, steps_per_epoch: int, epochs: int) -> None:
+def check_step_budget(scheduler: Any, steps_per_epoch: int, epochs: int, resuming: bool = False) -> None:
     """OneCycleLR raises in the middle of training once its `total_steps` are used up: check at
     the start that the run fits, and say the numbers to use."""
     total = getattr(scheduler, "total_steps", None)
     needed = steps_per_epoch * epochs
-    if type(scheduler).__name__ == "OneCycleLR" and total is not None and total < needed:
+    if type(scheduler).__name__ != "OneCycleLR" or total is None or total >= needed:
+        return
+    if resuming:  # its schedule was fixed when the run began: a resume cannot stretch it
         raise InputError(
+            f"config: 'lr_scheduler' OneCycleLR of this run has {total} steps, fewer than the {needed} optimizer "
+            f"steps of {epochs} epochs ({steps_per_epoch} per epoch), and a resume cannot change its schedule; "
+            f"to train longer, start a new run from these weights: --fine-tune -r CHECKPOINT "
+            f"-o lr_scheduler.args.total_steps=N"
+        )
+    raise InputError(
             f"config: 'lr_scheduler' OneCycleLR has {total} steps but the run takes {needed} optimizer steps "
             f"({epochs} x {steps_per_epoch} per epoch); set 'lr_scheduler.args.total_steps' to {needed}, or "
             f"'epochs' {epochs} and 'steps_per_epoch' {steps_per_epoch}"

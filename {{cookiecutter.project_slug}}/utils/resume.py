@@ -60,12 +60,12 @@ def check_changes(changes: dict[str, tuple[Any, Any]], scheduler_type: str | Non
         elif key == "optimizer.type":
             why = "the saved optimizer state belongs to the saved optimizer"
         elif key == "data_loader.args.batch_size":
-            why = "a position inside an epoch is counted in batches of the saved size"
+            why = "the saved position and the schedule are counted in batches of the saved size"
         else:
             why = "it would no longer be the same run"
         raise InputError(
             f"checkpoint '{path}': resuming cannot change '{key}' ({old!r} -> {new!r}): {why}; "
-            "to train with it, start a new run from these weights with -c CONFIG -r CHECKPOINT"
+            "to train with it, start a new run from these weights: --fine-tune -r CHECKPOINT [-c CONFIG]"
         )
 
 
@@ -98,7 +98,7 @@ def apply_changes(changes: dict[str, tuple[Any, Any]], optimizer: torch.optim.Op
             if name not in scheduler_state:
                 raise InputError(
                     f"checkpoint '{path}': resuming cannot change '{key}': {type(scheduler).__name__} keeps no "
-                    "setting of that name to update; start a new run from these weights with -c CONFIG -r CHECKPOINT"
+                    "setting of that name to update; start a new run from these weights: --fine-tune -r CHECKPOINT"
                 )
             setattr(scheduler, name, scheduler_state[name])
             if hasattr(scheduler, "_init_is_better"):  # ReduceLROnPlateau derives its comparison from these
