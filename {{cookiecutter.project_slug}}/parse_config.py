@@ -2,8 +2,10 @@
 its `{"type", "args"}` blocks name. (The command line is cli.py's.)"""
 
 import functools
+import importlib
 import inspect
 import json
+import pkgutil
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -151,9 +153,26 @@ def function(module: ModuleType, spec: str | dict[str, Any], key: str) -> Callab
     return bound
 
 
+# Where a name that config.json gives must be defined, said when the name is not found there.
+WHERE_NAMES_LIVE = {
+    "data_loader": "a data loader class must subclass BaseDataLoader in a .py file of data_loader/",
+    "model.model": "a model class must subclass BaseModel (or nn.Module) in model/model.py",
+    "model.loss": "a loss must be a function f(output, target) in model/loss.py",
+    "model.metric": "a metric must be a function f(output, target) in model/metric.py",
+}
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
 def lookup(module: ModuleType, name: str, key: str, base: type | tuple[type, ...] | None = None) -> Any:
     """Public attribute `name` of `module` that is a concrete subclass of `base` (or, without
-    `base`, a function). Nothing is imported or evaluated: an unknown name lists the valid ones."""
+    `base`, a function). `name` is never imported or evaluated: an unknown one lists the valid
+    names and says where such a name must be defined.
+
+    A package of this project (data_loader) is searched module by module: a class defined in
+    any .py file of its folder is found without being exported from its __init__.py. Those
+    modules are imported here, so an error in one surfaces with its own traceback; a name
+    defined in two of them is refused, naming both files.
+    """
     bases = base if isinstance(base, tuple) else (base,)
 
     def fits(value: Any) -> bool:
@@ -162,8 +181,43 @@ def lookup(module: ModuleType, name: str, key: str, base: type | tuple[type, ...
         return (inspect.isclass(value) and issubclass(value, base)
                 and value not in bases and not inspect.isabstract(value))
 
-    value = getattr(module, name, None) if not name.startswith("_") else None
-    if value is None or not fits(value):
-        valid = sorted(n for n in dir(module) if not n.startswith("_") and fits(getattr(module, n)))
-        raise InputError(f"config: '{key}' is '{name}', not one of {module.__name__}: {', '.join(valid)}")
-    return value
+    modules = package_modules(module)
+    found = [] if name.startswith("_") else definitions(modules, name, fits)
+    if not found:
+        names = {n for m in modules for n in dir(m) if not n.startswith("_")}
+        valid = sorted(n for n in names if definitions(modules, n, fits))
+        where = WHERE_NAMES_LIVE.get(module.__name__)
+        raise InputError(f"config: '{key}' is '{name}', not one of {module.__name__}: {', '.join(valid)}"
+                         + (f"; {where}" if where else ""))
+    if len(found) > 1:
+        first, second = (source_file(value) for value in found[:2])
+        raise InputError(f"config: '{key}' is '{name}', which is defined in both {first} and {second}; "
+                         "rename one of them")
+    return found[0]
+
+
+def package_modules(module: ModuleType) -> list[ModuleType]:
+    """`module`, and when it is a package of this project, every module in its folder, imported."""
+    path = getattr(module, "__path__", None)
+    if path is None or not Path(module.__file__ or "").resolve().is_relative_to(PROJECT_ROOT):
+        return [module]  # a module, or a library's package (torch.optim): its own names only
+    names = sorted(info.name for info in pkgutil.iter_modules(path))
+    return [module, *(importlib.import_module(f"{module.__name__}.{name}") for name in names)]
+
+
+def definitions(modules: list[ModuleType], name: str, fits: Callable[[Any], bool]) -> list[Any]:
+    """The distinct values called `name` in `modules` that fit. The first module offers all its
+    names (what a package exports); the others only what they define, not what they import."""
+    found: list[Any] = []
+    for module in modules:
+        value = getattr(module, name, None)
+        offered = module is modules[0] or getattr(value, "__module__", None) == module.__name__
+        if value is not None and offered and fits(value) and all(value is not other for other in found):
+            found.append(value)
+    return found
+
+
+def source_file(value: Any) -> str:
+    """The file that defines `value`, relative to the project folder where it is inside it."""
+    file = Path(inspect.getsourcefile(value) or "?").resolve()
+    return str(file.relative_to(PROJECT_ROOT)) if file.is_relative_to(PROJECT_ROOT) else str(file)

@@ -108,6 +108,18 @@ CATALOGUE = [
     c("metric-unknown", "'metrics[1]' is 'acc', not one of model.metric", "lookup", metrics=["accuracy", "acc"]),
     c("data-loader-unknown", "'data_loader.type' is 'MNIST', not one of data_loader: ", "lookup",
       data_loader__type="MNIST"),
+    # ... and say where the name must be defined
+    c("data-loader-unknown-says-where",
+      "MnistDataLoader; a data loader class must subclass BaseDataLoader in a .py file of data_loader/", "lookup",
+      data_loader__type="MyLoader"),
+    c("data-loader-imported-base", "'data_loader.type' is 'BaseDataLoader', not one of data_loader: ", "lookup",
+      data_loader__type="BaseDataLoader"),  # imported by every loader file, defined in none
+    c("arch-unknown-says-where", "'arch.type' is 'ResNet', not one of model.model: ImageClassifier, MnistModel; "
+      "a model class must subclass BaseModel (or nn.Module) in model/model.py", "lookup", arch__type="ResNet"),
+    c("loss-unknown-says-where", "'loss' is 'l1', not one of model.loss: cross_entropy, nll_loss; "
+      "a loss must be a function f(output, target) in model/loss.py", "lookup", loss="l1"),
+    c("metric-unknown-says-where", "'metrics[0]' is 'acc', not one of model.metric: accuracy, top_k_acc; "
+      "a metric must be a function f(output, target) in model/metric.py", "lookup", metrics=["acc"]),
     # Class arguments
     c("arch-unexpected-argument", "'arch.args' do not fit MnistModel: got an unexpected keyword argument 'layers'",
       "arguments", arch__args={"layers": 3}),
