@@ -3,6 +3,7 @@
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,3 +72,21 @@ def test_checkpoint_files_get_the_usual_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old_mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's private 0o600
+
+
+def test_a_version_2_checkpoint_is_upgraded_in_one_place_and_resumes(make_config: Any, tmp_path: Path) -> None:
+    """Checkpoints written before format 3 (a tensorboard_step, no classes, one set of running
+    metrics) load through `upgrade` and resume like new ones."""
+    import train
+    from parse_config import ConfigParser
+
+    train.train(ConfigParser(make_config(trainer__epochs=1), run_id="old"))
+    latest = tmp_path / "saved" / "Mnist_LeNet" / "old" / "latest.pth"
+    state = torch.load(latest, weights_only=True)
+    del state["classes"], state["rng_per_rank"]
+    torch.save({**state, "format_version": 2, "tensorboard_step": 1}, latest)
+    upgraded = load_checkpoint(latest)
+    assert upgraded["format_version"] == FORMAT_VERSION and "tensorboard_step" not in upgraded
+    assert upgraded["classes"] is None and upgraded["rng_per_rank"] is None
+    assert train.main(["-r", str(latest), "-o", "trainer.epochs=2"]) == 0
+    assert torch.load(latest, weights_only=True)["epoch"] == 2

@@ -1,0 +1,185 @@
+"""The part of a trainer that keeps a run's state safe: the agreement to stop or save at an
+optimizer step, the NaN check, checkpoints (what is saved and when), the run directory, and
+restoring a checkpoint under the rules of utils/resume.py. BaseTrainer builds on it."""
+
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from logger.metrics_csv import MetricsCSV
+from utils import distributed
+from utils.checkpoint import load_checkpoint, load_weights, restore_training_state, training_state
+from utils.errors import InputError, TrainingDiverged, TrainingInterrupted
+from utils.resume import apply_changes, capture_hyperparameters, check_changes, config_changes
+from utils.signals import stop_request
+
+logger = logging.getLogger("trainer")
+
+
+class CheckpointedRun:
+    """Methods of BaseTrainer that save, restore and guard the run; they read the trainer's
+    attributes (`config`, `progress`, `monitor`, `stepper`, the model, optimizer and loaders)."""
+
+    def poll(self) -> tuple[bool, bool]:
+        """At an optimizer-step boundary: (stop now, save the position now), agreed by every DDP
+        rank (a signal may reach only some of them, and their clocks differ)."""
+        signal_number = stop_request.signal_number or 0
+        save_due = self.saving.due(self.progress.global_step)
+        signal_number, save_due = distributed.max_across_ranks([signal_number, int(save_due)], self.device)
+        self.stop_signal = signal_number or None
+        return self.stop_signal is not None, bool(save_due)
+
+    def _track_loss(self, loss: torch.Tensor) -> None:
+        """Note (on the device, without waiting for it) the first batch of the epoch whose loss
+        is NaN or infinite; `check_finite` reads it."""
+        bad = ~torch.isfinite(loss.detach())
+        batch = self.progress.batches_done + 1
+        self._nonfinite_at = torch.where(bad & (self._nonfinite_at < 0), batch, self._nonfinite_at)
+
+    def check_finite(self, epoch: int, weights: bool = False) -> None:
+        """Raise TrainingDiverged if a loss of this epoch was NaN or infinite (and, with
+        `weights`, if a weight is), before anything holding such weights is written. One read
+        of the device; every DDP rank calls it at the same batches."""
+        flags = [self._nonfinite_at.to(torch.long)]
+        if weights:
+            flags.append(torch.stack([~torch.isfinite(p).all() for p in self.raw_model.parameters()]).any().long())
+        at, *weights_bad = distributed.max_across_ranks(torch.stack(flags).tolist(), self.device)
+        if at >= 0 or any(weights_bad):
+            raise TrainingDiverged(epoch, at if at >= 0 else self.progress.batches_done, self.batches_in_epoch,
+                                   self.last_checkpoint)
+
+    def _save(self, epoch: int, is_best: bool = False, latest_only: bool = False) -> None:
+        """Save the state after `epoch` (or, `latest_only`, the position inside it). Rank 0
+        writes, every rank waits; nothing is written while a loss or weight is not finite."""
+        self.check_finite(epoch, weights=True)
+        done = self.progress.batches_done if latest_only else 0
+        self.progress.epoch = epoch - 1 if latest_only else epoch
+        self.progress.batches_done = done
+        self.progress.monitor_best = self.monitor.best
+        self.progress.not_improved_count = self.monitor.not_improved_count
+        self.progress.epoch_metrics = self._epoch_metrics_state() if done else None
+        state = training_state(self.progress, self.raw_model, self.optimizer, self.lr_scheduler,
+                               self.stepper.scaler, self.config.config, self.data_loader)
+        if self._saver is not None:
+            self._saver.save_latest(state) if latest_only else self._saver.save(state, epoch, is_best)
+            self.last_checkpoint = str(self._saver.run_dir / "latest.pth")
+        self.saving.saved(self.progress.global_step)
+        distributed.barrier()
+
+    def _epoch_metrics_state(self) -> dict[str, Any]:
+        """The running training metrics: every DDP rank's own, so that each can go on exactly."""
+        own = self.train_metrics.state()
+        return {"per_rank": distributed.gather(own)} if distributed.active() else own
+
+    def _stop(self, checkpoint: Path, where: str) -> NoReturn:
+        assert self.stop_signal is not None
+        if self.is_main:
+            logger.warning("Stopped by %s %s; saved %s", signal.Signals(self.stop_signal).name, where, checkpoint)
+        raise TrainingInterrupted(self.stop_signal, str(checkpoint))
+
+    def _make_run_dir(self) -> Path:
+        """Rank 0 makes the run directory and tells the other ranks its path, or its error."""
+        outcome = ("", "")
+        if self.is_main:
+            try:
+                if self.config.resuming:  # refuse a metrics.csv the run cannot continue before writing anything
+                    MetricsCSV(self.config.resume_path.parent / "metrics.csv", self.start_epoch)
+                outcome = ("made", str(self.config.make_run_dir()))
+            except InputError as exc:
+                outcome = ("error", str(exc))
+        kind, text = distributed.broadcast(outcome)
+        if kind == "error":
+            raise InputError(text)
+        self.config.run_dir = Path(text)
+        return Path(text)
+
+    def _log_start(self, run_dir: Path) -> None:
+        if self.config.branched_from is not None:
+            logger.info("'%s' is older than the newest state of its run, %s, which is left as it is: "
+                        "branching into %s", self.config.resume_path, self.config.branched_from, run_dir)
+        if self.config.resuming:
+            logger.info("Resuming from '%s' at epoch %d with %d of its batches already trained, in %s",
+                        self.config.resume_path, self.start_epoch, self.start_batch, run_dir)
+            if self.resumed_with:
+                logger.info("Resuming with new values: %s", self.resumed_with)
+        else:
+            logger.info("Run directory: %s", run_dir)
+        if self.start_note:
+            logger.info(self.start_note)
+        if distributed.active():
+            logger.info("DDP: %d processes, %s", distributed.world_size(), self.device.type)
+
+    def _report_failure(self, exc: Exception, run_dir: Path) -> bool:
+        """Log an error that ends training; True when the run folder is to be removed: a new run
+        that failed before writing any checkpoint leaves nothing behind. A resumed run's folder,
+        and a run stopped by a signal, are always kept."""
+        if isinstance(exc, TrainingInterrupted) or not self.is_main:
+            return False
+        remove = not self.config.resuming and self.last_checkpoint is None
+        reason = str(exc) if isinstance(exc, TrainingDiverged) else f"{type(exc).__name__}: {exc}"
+        logger.error("Training failed: %s%s", reason,
+                     f"; removing the run directory {run_dir}, which holds no checkpoint" if remove else "")
+        return remove
+
+    def restore(self) -> None:
+        """Load the config's checkpoint (`-r`): its weights alone when fine-tuning, else the whole
+        state, with the config's changes applied or refused (utils/resume.py)."""
+        path = self.config.resume_path
+        if path is None:
+            return
+        checkpoint = load_checkpoint(path)
+        arch = self.config["arch"]["type"]
+        if self.config.fine_tune:
+            load_weights(self.raw_model, checkpoint, arch, path)
+            self.start_note = f"Fine-tuning from the weights of '{path}' (epoch {checkpoint['epoch']})"
+            return
+        if checkpoint["optimizer"] is None:  # e.g. converted by convert_checkpoint.py: weights only
+            raise InputError(f"checkpoint '{path}': holds weights only (no optimizer state), so it cannot be "
+                             f"resumed; fine-tune from it with --fine-tune -r {path}")
+        saved_optimizer = checkpoint["config"]["optimizer"]["type"]
+        if saved_optimizer != self.config["optimizer"]["type"]:
+            raise InputError(
+                f"checkpoint '{path}': saved with optimizer '{saved_optimizer}', the config asks for "
+                f"'{self.config['optimizer']['type']}'; resume with the same optimizer, or fine-tune with --fine-tune"
+            )
+        changes = config_changes(checkpoint["config"], self.config.config)
+        scheduler_type = self.config["lr_scheduler"]["type"] if self.config["lr_scheduler"] else None
+        check_changes(changes, scheduler_type, path)
+        load_weights(self.raw_model, checkpoint, arch, path)
+        fresh = capture_hyperparameters(self.optimizer, self.lr_scheduler)  # built from the new config
+        progress = restore_training_state(checkpoint, self.optimizer, self.lr_scheduler, self.stepper.scaler,
+                                          self.data_loader)
+        apply_changes(changes, self.optimizer, self.lr_scheduler, fresh, path)
+        self.resumed_with = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        if progress.epoch >= self.epochs and not progress.batches_done:
+            raise InputError(
+                f"checkpoint '{path}': the run already reached epoch {progress.epoch} of "
+                f"trainer.epochs {self.epochs}; to train longer, resume with -o trainer.epochs=N"
+            )
+        self.progress = progress
+        self.start_epoch, self.start_batch = progress.epoch + 1, progress.batches_done
+        if progress.monitor_best is not None:
+            self.monitor.best = progress.monitor_best
+        self.monitor.not_improved_count = progress.not_improved_count
+
+
+
+
+class SaveSchedule:
+    """When `trainer.save_every_steps` / `save_every_minutes` call for a mid-epoch save."""
+
+    def __init__(self, every_steps: int | None, every_minutes: float | None) -> None:
+        self.every_steps = every_steps
+        self.every_seconds = every_minutes * 60 if every_minutes is not None else None
+        self.saved(0)
+
+    def saved(self, global_step: int) -> None:
+        self.last_time, self.last_step = time.monotonic(), global_step
+
+    def due(self, global_step: int) -> bool:
+        return bool((self.every_steps is not None and global_step - self.last_step >= self.every_steps)
+                    or (self.every_seconds is not None and time.monotonic() - self.last_time >= self.every_seconds))
