@@ -25,8 +25,15 @@ REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
     (not TENSORBOARD, ("logger/visualization.py",)),
     (TENSORBOARD, ("logger/__init__.no_tensorboard.py",)),
     (not GITHUB_ACTIONS, (".github",)),
-    (DATASET != "image_folder", ("data_loader/image_folder.py", "data_loader/__init__.image_folder.py",
-                                 "config_image_folder.json", "tests/test_image_folder.py")),
+    (
+        DATASET != "image_folder",
+        (
+            "data_loader/image_folder.py",
+            "data_loader/__init__.image_folder.py",
+            "config_image_folder.json",
+            "tests/test_image_folder.py",
+        ),
+    ),
 ]
 
 # (condition, source, destination): files that an answer puts in place of another

@@ -13,6 +13,7 @@ JINJA_MARKERS = ("{{", "{%", "{#")
 # when the trainer is restructured (its TensorBoard lines become plain Python); nothing joins it.
 JINJA_IN_PYTHON_ALLOWED = {"base/base_trainer.py"}
 
+
 def test_defaults_render_exactly_the_expected_files(render: Render) -> None:
     project = render()
     assert project.name == "mnist_classifier"
@@ -56,8 +57,12 @@ def test_answers_are_recorded_for_later_updates(render: Render) -> None:
 
 @pytest.mark.parametrize(
     ("license_name", "expected"),
-    [("MIT", "MIT License"), ("BSD-3-Clause", "Redistribution and use in source and binary forms"),
-     ("Apache-2.0", "Apache License, Version 2.0"), ("none", None)],
+    [
+        ("MIT", "MIT License"),
+        ("BSD-3-Clause", "Redistribution and use in source and binary forms"),
+        ("Apache-2.0", "Apache License, Version 2.0"),
+        ("none", None),
+    ],
 )
 def test_license_option_writes_the_right_file(render: Render, license_name: str, expected: str | None) -> None:
     project = render(license=license_name, author_name="Ada Lovelace")
@@ -100,8 +105,15 @@ def test_a_project_without_tensorboard_mentions_it_only_where_it_must(render: Re
     assert [line for line in readme if not line.startswith(TENSORBOARD_ROWS_KEPT)] == []
     assert [line.split("|")[1].strip() for line in readme] == ["`tensorboard_step`", "`trainer.tensorboard`"]
     assert "accepted for victoresque configs" in readme[1]
-    for name in ("requirements.txt", "requirements-dev.txt", ".gitignore", "pyproject.toml",
-                 ".github/workflows/tests.yml", ".cookiecutter.json"):
-        lines = [line for line in tensorboard_lines((project / name).read_text())
-                 if line.strip() != '"tensorboard": "no"']  # the recorded answer itself
+    for name in (
+        "requirements.txt",
+        "requirements-dev.txt",
+        ".gitignore",
+        "pyproject.toml",
+        ".github/workflows/tests.yml",
+        ".cookiecutter.json",
+    ):
+        lines = [
+            line for line in tensorboard_lines((project / name).read_text()) if line.strip() != '"tensorboard": "no"'
+        ]  # the recorded answer itself
         assert lines == [], f"{name}: {lines}"
