@@ -50,7 +50,8 @@ What is timed:
     model_best.pth, each fsynced); the last epoch also carries closing the TensorBoard writer.
     It is split into train (to the epoch's first valid_step: the training loop incl. its
     progress bar and the metric read-out), valid (from there to on_epoch_end, so the row and
-    the checkpoints count here: milliseconds) and other (the rest). Bare's epoch is its training loop plus its validation pass.
+    the checkpoints count here: milliseconds) and other (the rest). Bare's epoch is its
+    training loop plus its validation pass.
 
 Both children get the same environment: torch's default number of CPU threads unless
 `--threads T` sets OMP_NUM_THREADS=T for both (with another busy process on the machine, torch's
@@ -96,6 +97,7 @@ LEARNING_RATE = 1e-3
 
 # --------------------------------------------------------------------------- setup (parent)
 
+
 def render_project(out: Path) -> Path:
     """Render the default project into `out/mnist_classifier` (replacing an old one) and byte-compile it."""
     import compileall
@@ -140,11 +142,21 @@ def prepare(out: Path) -> tuple[Path, Path]:
 
 def ours_train_args(data_dir: Path, epochs: int, run_id: str, overrides: tuple[str, ...] = ()) -> list[str]:
     """The arguments of the project's train.py for one benchmark run (`overrides`: more -o)."""
-    return ["-c", "config.json", "-o", f"trainer.epochs={epochs}",
-            "-o", f"data_loader.args.data_dir={data_dir}", *(f"-o{item}" for item in overrides), "--run-id", run_id]
+    return [
+        "-c",
+        "config.json",
+        "-o",
+        f"trainer.epochs={epochs}",
+        "-o",
+        f"data_loader.args.data_dir={data_dir}",
+        *(f"-o{item}" for item in overrides),
+        "--run-id",
+        run_id,
+    ]
 
 
 # --------------------------------------------------------------------------- timers (children)
+
 
 def summarise_epochs(records: list[dict[str, float]], end: float) -> list[dict[str, float]]:
     """Per-epoch seconds from the trainer's timestamps: total = start to next start (last: to `end`)."""
@@ -204,8 +216,13 @@ def install_ours_timers(trainer_cls: Any) -> dict[str, Any]:
         finally:
             timings["train_end"] = clock()
 
-    for name, wrapper in (("train_step", train_step), ("valid_step", valid_step), ("on_epoch_start", on_epoch_start),
-                          ("on_epoch_end", on_epoch_end), ("train", train)):
+    for name, wrapper in (
+        ("train_step", train_step),
+        ("valid_step", valid_step),
+        ("on_epoch_start", on_epoch_start),
+        ("on_epoch_end", on_epoch_end),
+        ("train", train),
+    ):
         setattr(trainer_cls, name, wrapper)
     return timings
 
@@ -238,10 +255,19 @@ def build_lenet(num_classes: int = 10) -> Any:
     from torch import nn
 
     return nn.Sequential(
-        nn.Conv2d(1, 10, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),  # (B, 10, 12, 12)
-        nn.Conv2d(10, 20, kernel_size=5), nn.Dropout2d(), nn.MaxPool2d(2), nn.ReLU(),  # (B, 20, 4, 4)
-        nn.Flatten(), nn.Linear(320, 50), nn.ReLU(), nn.Dropout(),
-        nn.Linear(50, num_classes), nn.LogSoftmax(dim=1),
+        nn.Conv2d(1, 10, kernel_size=5),
+        nn.MaxPool2d(2),
+        nn.ReLU(),  # (B, 10, 12, 12)
+        nn.Conv2d(10, 20, kernel_size=5),
+        nn.Dropout2d(),
+        nn.MaxPool2d(2),
+        nn.ReLU(),  # (B, 20, 4, 4)
+        nn.Flatten(),
+        nn.Linear(320, 50),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(50, num_classes),
+        nn.LogSoftmax(dim=1),
     )
 
 
@@ -291,7 +317,7 @@ def bare_worker(data_dir: str, epochs: int, device_name: str, timings_path: str 
         model.train()
         order = torch.randperm(n_train, generator=generator)
         for i in range(0, n_train, BATCH_SIZE):
-            index = order[i:i + BATCH_SIZE]
+            index = order[i : i + BATCH_SIZE]
             data, target = x_train[index], y_train[index]
             if first_batch is None:
                 first_batch = time.time()
@@ -308,14 +334,22 @@ def bare_worker(data_dir: str, epochs: int, device_name: str, timings_path: str 
         correct = torch.zeros((), dtype=torch.long, device=device)
         with torch.no_grad():
             for i in range(0, n_valid, BATCH_SIZE):
-                data, target = to_device(x_valid[i:i + BATCH_SIZE], y_valid[i:i + BATCH_SIZE])
+                data, target = to_device(x_valid[i : i + BATCH_SIZE], y_valid[i : i + BATCH_SIZE])
                 output = model(data)
                 loss_sum += F.nll_loss(output, target, reduction="sum")
                 correct += (output.argmax(dim=1) == target).sum()
         val_loss, val_accuracy = loss_sum.item() / n_valid, correct.item() / n_valid
         end = clock()
-        epoch_times.append({"total": end - start, "train": valid_start - start, "valid": end - valid_start,
-                            "other": 0.0, "val_loss": val_loss, "val_accuracy": val_accuracy})
+        epoch_times.append(
+            {
+                "total": end - start,
+                "train": valid_start - start,
+                "valid": end - valid_start,
+                "other": 0.0,
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
+            }
+        )
     if timings_path is not None:
         Path(timings_path).write_text(json.dumps({"first_batch": first_batch, "epochs": epoch_times}))
     return 0
@@ -323,11 +357,14 @@ def bare_worker(data_dir: str, epochs: int, device_name: str, timings_path: str 
 
 # --------------------------------------------------------------------------- runs (parent)
 
+
 def child_code(call: str) -> str:
     """`python -c` code that imports this file (without writing bytecode into the repository) and calls `call`."""
-    return ("import sys; sys.dont_write_bytecode = True; "
-            f"sys.path.append({str(BENCH_DIR)!r}); import bench; sys.dont_write_bytecode = False; "
-            f"sys.exit(bench.{call})")
+    return (
+        "import sys; sys.dont_write_bytecode = True; "
+        f"sys.path.append({str(BENCH_DIR)!r}); import bench; sys.dont_write_bytecode = False; "
+        f"sys.exit(bench.{call})"
+    )
 
 
 def child_env(device: str, threads: int | None) -> dict[str, str]:
@@ -344,20 +381,33 @@ def run_child(which: str, code: str, cwd: Path, env: dict[str, str], log: Path, 
     timings.unlink(missing_ok=True)
     with open(log, "w") as log_file:
         launch = time.time()
-        process = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env,
-                                 stdout=log_file, stderr=subprocess.STDOUT, check=False)
+        process = subprocess.run(
+            [sys.executable, "-c", code], cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False
+        )
         wall = time.time() - launch
     if process.returncode != 0 or not timings.is_file():
         sys.exit(f"{which} failed (exit status {process.returncode}); see {log}")
     result = json.loads(timings.read_text())
     if result["first_batch"] is None or not result["epochs"]:
         sys.exit(f"{which}: no timings recorded; see {log}")
-    return {"which": which, "startup": result["first_batch"] - launch, "epochs": result["epochs"], "wall": wall,
-            "log": str(log)}
+    return {
+        "which": which,
+        "startup": result["first_batch"] - launch,
+        "epochs": result["epochs"],
+        "wall": wall,
+        "log": str(log),
+    }
 
 
-def run_ours(project: Path, data_dir: Path, epochs: int, repeat: int, env: dict[str, str],
-             logs: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_ours(
+    project: Path,
+    data_dir: Path,
+    epochs: int,
+    repeat: int,
+    env: dict[str, str],
+    logs: Path,
+    overrides: tuple[str, ...] = (),
+) -> dict[str, Any]:
     run_id = f"bench-r{repeat}"
     args = ours_train_args(data_dir, epochs, run_id, overrides)
     timings = logs / f"ours-r{repeat}.json"
@@ -370,8 +420,7 @@ def run_ours(project: Path, data_dir: Path, epochs: int, repeat: int, env: dict[
     return result
 
 
-def run_bare(data_dir: Path, epochs: int, repeat: int, device: str, env: dict[str, str],
-             logs: Path) -> dict[str, Any]:
+def run_bare(data_dir: Path, epochs: int, repeat: int, device: str, env: dict[str, str], logs: Path) -> dict[str, Any]:
     timings = logs / f"bare-r{repeat}.json"
     code = child_code(f"bare_worker({str(data_dir)!r}, {epochs}, {device!r}, {str(timings)!r})")
     result = run_child("bare", code, logs, env, logs / f"bare-r{repeat}.log", timings)
@@ -385,11 +434,14 @@ def machine(device: str, threads: int | None) -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
-    text = (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
-            f"{platform.python_version()}, torch {torch.__version__} ({threads or torch.get_num_threads()} threads)")
+    text = (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
+        f"{platform.python_version()}, torch {torch.__version__} ({threads or torch.get_num_threads()} threads)"
+    )
     if device == "cuda":
         return f"{text}, device cuda ({torch.cuda.get_device_name(0)})"
     return f"{text}, device cpu"
@@ -430,9 +482,12 @@ def print_report(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]
     print("\nruns (seconds; epoch = train + valid + other):")
     for run in runs:
         per_epoch = "  ".join(
-            f"{e['total']:.2f} ({e['train']:.2f}+{e['valid']:.2f}+{e['other']:.2f})" for e in run["epochs"])
-        print(f"  {run['repeat']}  {run['which']}  start-up {run['startup']:5.2f}  epochs {per_epoch}  "
-              f"wall {run['wall']:6.2f}  val_accuracy {run['val_accuracy']:.4f}")
+            f"{e['total']:.2f} ({e['train']:.2f}+{e['valid']:.2f}+{e['other']:.2f})" for e in run["epochs"]
+        )
+        print(
+            f"  {run['repeat']}  {run['which']}  start-up {run['startup']:5.2f}  epochs {per_epoch}  "
+            f"wall {run['wall']:6.2f}  val_accuracy {run['val_accuracy']:.4f}"
+        )
     ours, bare = summary["ours"], summary["bare"]
 
     def row(label: str, a: float, b: float, relation: str) -> str:
@@ -441,16 +496,34 @@ def print_report(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]
     print(f"\n{f'seconds, medians of {epochs}x{len(runs) // 2} epochs':<34}{'ours':>9}{'bare':>9}  ours/bare")
     print(row("per-epoch", ours["epoch"], bare["epoch"], f"{ours['epoch'] / bare['epoch']:.2f}x"))
     if epochs > 1:
-        print(row("per-epoch, epochs 2+ only", ours["epoch_2_on"], bare["epoch_2_on"],
-                  f"{ours['epoch_2_on'] / bare['epoch_2_on']:.2f}x"))
-    print(row("fastest epoch (least disturbed)", ours["epoch_min"], bare["epoch_min"],
-              f"{ours['epoch_min'] / bare['epoch_min']:.2f}x"))
+        print(
+            row(
+                "per-epoch, epochs 2+ only",
+                ours["epoch_2_on"],
+                bare["epoch_2_on"],
+                f"{ours['epoch_2_on'] / bare['epoch_2_on']:.2f}x",
+            )
+        )
+    print(
+        row(
+            "fastest epoch (least disturbed)",
+            ours["epoch_min"],
+            bare["epoch_min"],
+            f"{ours['epoch_min'] / bare['epoch_min']:.2f}x",
+        )
+    )
     print(row("  training loop", ours["train"], bare["train"], f"{ours['train'] / bare['train']:.2f}x"))
     print(row("  validation pass", ours["valid"], bare["valid"], f"{ours['valid'] / bare['valid']:.2f}x"))
     print(row("  bookkeeping (csv, TB, checkpoints)", ours["other"], bare["other"], ""))
     print(f"{'':<34}{'ours':>9}{'bare':>9}  difference")
-    print(row("start-up (launch to first batch)", ours["startup"], bare["startup"],
-              f"{ours['startup'] - bare['startup']:+.2f} s"))
+    print(
+        row(
+            "start-up (launch to first batch)",
+            ours["startup"],
+            bare["startup"],
+            f"{ours['startup'] - bare['startup']:+.2f} s",
+        )
+    )
     print(row("process wall time", ours["wall"], bare["wall"], f"{ours['wall'] - bare['wall']:+.2f} s"))
 
 
@@ -463,7 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both (default: torch's default)")
     parser.add_argument("--json", type=Path, help="also write the runs and the summary to this JSON file")
     parser.add_argument(
-        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="also pass -o KEY=VALUE to ours (e.g. data_loader.args.num_workers=2, to measure another setting)",
     )
     args = parser.parse_args(argv)
@@ -488,8 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir()
     print(f"project: {project}")
-    print(f"data:    {data_dir / 'MNIST' / 'raw'}: {N_TRAIN:,} train / {N_TEST:,} test images "
-          "(the 5,000 real sample digits, cycled); 54,000 train / 6,000 validation per epoch")
+    print(
+        f"data:    {data_dir / 'MNIST' / 'raw'}: {N_TRAIN:,} train / {N_TEST:,} test images "
+        "(the 5,000 real sample digits, cycled); 54,000 train / 6,000 validation per epoch"
+    )
     example = shlex.join(["python", "train.py", *ours_train_args(data_dir, args.epochs, "bench-r<N>", overrides)])
     print(f"ours:    {example}  (in {project.name}/, timing shim around it)")
     print(f"bare:    bench.bare_worker (LeNet, Adam amsgrad, batch {BATCH_SIZE}, no framework)")
@@ -510,10 +589,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load:    {load_average()} (1, 5, 15 min) after the runs")
     print_report(runs, summary, args.epochs)
     if args.json is not None:
-        report = {"command": command, "machine": machine(device, args.threads), "device": device,
-                  "threads": args.threads, "epochs": args.epochs, "repeats": args.repeats,
-                  "runs": runs, "summary": summary,
-                  "ratio_per_epoch": summary["ours"]["epoch"] / summary["bare"]["epoch"]}
+        report = {
+            "command": command,
+            "machine": machine(device, args.threads),
+            "device": device,
+            "threads": args.threads,
+            "epochs": args.epochs,
+            "repeats": args.repeats,
+            "runs": runs,
+            "summary": summary,
+            "ratio_per_epoch": summary["ours"]["epoch"] / summary["bare"]["epoch"],
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.json}")

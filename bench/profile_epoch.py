@@ -74,8 +74,10 @@ def profile_ours(project: Path, data_dir: Path, top: int, dump_dir: Path | None)
     if code != 0:
         sys.exit(f"train.py exited with {code}")
     epochs = bench.summarise_epochs(timings["records"], timings["train_end"])
-    print(f"\nours under cProfile: train.main() {wall:.2f} s; epoch "
-          + ", ".join(f"{key} {value:.2f} s" for key, value in epochs[0].items()))
+    print(
+        f"\nours under cProfile: train.main() {wall:.2f} s; epoch "
+        + ", ".join(f"{key} {value:.2f} s" for key, value in epochs[0].items())
+    )
     print_stats(profile, top)
     dump(profile, dump_dir, "ours.prof")
 
@@ -90,9 +92,13 @@ def profile_bare(data_dir: Path, device: str, top: int, dump_dir: Path | None) -
     profile.disable()
     wall = time.perf_counter() - start
     epoch = json.loads(timings.read_text())["epochs"][0]
-    print(f"\nbare under cProfile: bare_worker() {wall:.2f} s; epoch "
-          + ", ".join(f"{key} {value:.2f}" + (" s" if key in ("total", "train", "valid", "other") else "")
-                      for key, value in epoch.items()))
+    print(
+        f"\nbare under cProfile: bare_worker() {wall:.2f} s; epoch "
+        + ", ".join(
+            f"{key} {value:.2f}" + (" s" if key in ("total", "train", "valid", "other") else "")
+            for key, value in epoch.items()
+        )
+    )
     print_stats(profile, top)
     dump(profile, dump_dir, "bare.prof")
 

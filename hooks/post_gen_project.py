@@ -1,7 +1,10 @@
-"""Post-generation hook: remove what an answer turned off. Never prompts.
+"""Post-generation hook: remove what an answer turned off, move variants into place. Never prompts.
 
 Cookiecutter renders this file with Jinja and runs it inside the generated project folder.
-To make another option remove or swap files, add one line to REMOVALS or MOVES.
+The template's Python files hold no Jinja: where an answer changes a Python file, the template
+holds each version as a whole file (`<name>.<variant>.py` beside `<name>.py`) and this hook
+moves the one the answers chose into place and deletes the others. To make another option
+remove or swap files, add one line to REMOVALS or MOVES.
 """
 
 from __future__ import annotations
@@ -9,24 +12,36 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-LICENSE = {{cookiecutter.license | tojson}}
-DATASET = {{cookiecutter.dataset | tojson}}
-TENSORBOARD = {{cookiecutter.tensorboard | tojson}} == "yes"
-GITHUB_ACTIONS = {{cookiecutter.github_actions | tojson}} == "yes"
+# Choice answers: cookiecutter refuses any value that is not one of the choices, so each is a
+# plain word, and this file stays valid Python (lintable) before it is rendered.
+LICENSE = "{{ cookiecutter.license }}"
+DATASET = "{{ cookiecutter.dataset }}"
+TENSORBOARD = "{{ cookiecutter.tensorboard }}" == "yes"
+GITHUB_ACTIONS = "{{ cookiecutter.github_actions }}" == "yes"
 
 # (condition, paths relative to the generated project to delete when the condition holds)
 REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
     (LICENSE == "none", ("LICENSE",)),
     (not TENSORBOARD, ("logger/visualization.py",)),
+    (TENSORBOARD, ("logger/__init__.no_tensorboard.py",)),
     (not GITHUB_ACTIONS, (".github",)),
-    (DATASET != "image_folder", ("data_loader/image_folder.py", "config_image_folder.json",
-                                 "tests/test_image_folder.py")),
+    (
+        DATASET != "image_folder",
+        (
+            "data_loader/image_folder.py",
+            "data_loader/__init__.image_folder.py",
+            "config_image_folder.json",
+            "tests/test_image_folder.py",
+        ),
+    ),
 ]
 
 # (condition, source, destination): files that an answer puts in place of another
 MOVES: list[tuple[bool, str, str]] = [
     (DATASET == "image_folder", "config.json", "config_mnist.json"),
     (DATASET == "image_folder", "config_image_folder.json", "config.json"),
+    (DATASET == "image_folder", "data_loader/__init__.image_folder.py", "data_loader/__init__.py"),
+    (not TENSORBOARD, "logger/__init__.no_tensorboard.py", "logger/__init__.py"),
 ]
 
 

@@ -1,25 +1,28 @@
 """Pre-generation hook: refuse bad answers before anything is written.
 
-Cookiecutter renders this file with Jinja first, so the answers below are literal strings.
-They are rendered through ``tojson`` (a valid Python string literal), so a quote or a
-backslash in an answer cannot break this script. On a bad answer it prints one line on
-stderr (which answer, its value, the rule) and exits 1; cookiecutter then removes the
-half-made output folder.
+Cookiecutter renders this file with Jinja first: the answers below become a JSON object
+(``tojson`` escapes quotes, backslashes and line breaks) inside a raw string, so no answer can
+break this script, and the file is valid Python (lintable) before it is rendered too. On a bad
+answer it prints one line on stderr (which answer, its value, the rule) and exits 1;
+cookiecutter then removes the half-made output folder.
 """
 
 from __future__ import annotations
 
+import json
 import keyword
 import re
 import sys
 
-ANSWERS = {
-    "project_name": {{cookiecutter.project_name | tojson}},
-    "project_slug": {{cookiecutter.project_slug | tojson}},
-    "python_version": {{cookiecutter.python_version | tojson}},
-    "author_name": {{cookiecutter.author_name | tojson}},
-    "description": {{cookiecutter.description | tojson}},
+ANSWERS: dict[str, str] = json.loads(r"""
+{
+    "project_name": {{ cookiecutter.project_name | tojson }},
+    "project_slug": {{ cookiecutter.project_slug | tojson }},
+    "python_version": {{ cookiecutter.python_version | tojson }},
+    "author_name": {{ cookiecutter.author_name | tojson }},
+    "description": {{ cookiecutter.description | tojson }}
 }
+""")
 
 MIN_PYTHON = (3, 10)  # the generated code uses `X | Y` type unions at run time
 

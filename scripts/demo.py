@@ -56,8 +56,21 @@ def main() -> int:
     data = f"data_loader.args.data_dir={data_dir}"
     run_dir = "saved/Mnist_LeNet/demo"
     try:
-        step(project, "train 3 epochs", "train.py", "-c", "config.json", "-o", data, "-o", "trainer.epochs=3",
-             "-o", "trainer.verbosity=1", "--run-id", "demo")
+        step(
+            project,
+            "train 3 epochs",
+            "train.py",
+            "-c",
+            "config.json",
+            "-o",
+            data,
+            "-o",
+            "trainer.epochs=3",
+            "-o",
+            "trainer.verbosity=1",
+            "--run-id",
+            "demo",
+        )
         step(project, "resume to epoch 4", "train.py", "-r", f"{run_dir}/latest.pth", "-o", "trainer.epochs=4")
         step(project, "evaluate the best checkpoint", "test.py", "-r", f"{run_dir}/model_best.pth")
     except subprocess.CalledProcessError as exc:

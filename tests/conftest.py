@@ -3,8 +3,9 @@
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from cookiecutter.main import cookiecutter
@@ -18,23 +19,71 @@ Render = Callable[..., Path]
 
 # The files of a project rendered with the default answers.
 EXPECTED_FILES = {
-    ".cookiecutter.json", ".gitignore", "LICENSE", "README.md", "config.json", "config_schema.py",
-    "cli.py", "convert_checkpoint.py", "parse_config.py", "pyproject.toml", "launch.py", "slurm/train.sbatch",
-    "requirements.txt", "requirements-dev.txt", "test.py", "train.py",
-    "base/__init__.py", "base/base_data_loader.py", "base/base_model.py", "base/base_trainer.py",
-    "data_loader/__init__.py", "data_loader/data_loaders.py", "data_loader/mnist_files.py",
-    "logger/__init__.py", "logger/logger.py", "logger/metrics_csv.py", "logger/visualization.py",
+    ".cookiecutter.json",
+    ".gitignore",
+    "LICENSE",
+    "README.md",
+    "config.json",
+    "config_schema.py",
+    "cli.py",
+    "convert_checkpoint.py",
+    "parse_config.py",
+    "pyproject.toml",
+    "launch.py",
+    "slurm/train.sbatch",
+    "requirements.txt",
+    "requirements-dev.txt",
+    "test.py",
+    "train.py",
+    "base/__init__.py",
+    "base/base_data_loader.py",
+    "base/base_model.py",
+    "base/base_trainer.py",
+    "data_loader/__init__.py",
+    "data_loader/data_loaders.py",
+    "data_loader/mnist_files.py",
+    "logger/__init__.py",
+    "logger/logger.py",
+    "logger/metrics_csv.py",
+    "logger/visualization.py",
     "logger/epoch_writer.py",
-    "model/__init__.py", "model/loss.py", "model/metric.py", "model/model.py",
-    "trainer/__init__.py", "trainer/trainer.py",
-    "utils/__init__.py", "utils/checkpoint.py", "utils/device.py", "utils/errors.py", "utils/seed.py",
-    "utils/tracker.py", "utils/distributed.py", "utils/signals.py", "utils/lr_schedule.py", "utils/resume.py",
-    "utils/branch.py", "utils/fit_check.py", "utils/run_files.py", "utils/optimizer_step.py", "utils/monitor.py",
-    "tests/conftest.py", "tests/test_bad_inputs.py", "tests/test_checkpoint.py", "tests/test_config.py",
-    "tests/test_convert_checkpoint.py", "tests/test_custom_trainer.py", "tests/test_data.py",
-    "tests/test_extending.py", "tests/test_fit_check.py", "tests/test_metrics_csv.py",
-    "tests/test_resume.py", "tests/test_resume_rules.py", "tests/test_run_files.py", "tests/test_safety.py",
-    "tests/test_scaling.py", "tests/test_training.py",
+    "model/__init__.py",
+    "model/loss.py",
+    "model/metric.py",
+    "model/model.py",
+    "trainer/__init__.py",
+    "trainer/trainer.py",
+    "utils/__init__.py",
+    "utils/checkpoint.py",
+    "utils/device.py",
+    "utils/errors.py",
+    "utils/seed.py",
+    "utils/tracker.py",
+    "utils/distributed.py",
+    "utils/signals.py",
+    "utils/lr_schedule.py",
+    "utils/resume.py",
+    "utils/branch.py",
+    "utils/fit_check.py",
+    "utils/run_files.py",
+    "utils/optimizer_step.py",
+    "utils/monitor.py",
+    "tests/conftest.py",
+    "tests/test_bad_inputs.py",
+    "tests/test_checkpoint.py",
+    "tests/test_config.py",
+    "tests/test_convert_checkpoint.py",
+    "tests/test_custom_trainer.py",
+    "tests/test_data.py",
+    "tests/test_extending.py",
+    "tests/test_fit_check.py",
+    "tests/test_metrics_csv.py",
+    "tests/test_resume.py",
+    "tests/test_resume_rules.py",
+    "tests/test_run_files.py",
+    "tests/test_safety.py",
+    "tests/test_scaling.py",
+    "tests/test_training.py",
     ".github/workflows/tests.yml",
 }
 
@@ -77,5 +126,9 @@ def mnist_sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_python(project: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run `python ARGS` inside a generated project, as a user would."""
     return subprocess.run(
-        [sys.executable, *args], cwd=project, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

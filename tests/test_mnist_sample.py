@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mnist_sample import load_mnist_sample, write_idx, write_mnist_raw
 from torchvision.datasets import MNIST
+
+from mnist_sample import load_mnist_sample, write_idx, write_mnist_raw
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,9 @@ def test_variant_renders_lints_and_passes_its_own_tests(render: Render, answers:
         parsed: dict[Any, Any] = yaml.safe_load(workflow.read_text())
         steps = parsed["jobs"]["tests"]["steps"]
         assert any(step.get("run") == "pytest" for step in steps) and parsed[True] is not None  # `on:` is YAML's True
+        setup = next(step["with"] for step in steps if step.get("uses", "").startswith("actions/setup-python@"))
+        assert setup["cache"] == "pip"  # keyed on both requirements files
+        assert setup["cache-dependency-path"].split() == ["requirements.txt", "requirements-dev.txt"]
     requirements = (project / "requirements.txt").read_text()
     assert ("tensorboard" in requirements) == (answers.get("tensorboard", "yes") == "yes")
     linted = run_python(project, "-m", "ruff", "check", "--no-cache", ".", timeout=120)
@@ -63,8 +66,21 @@ def test_image_folder_project_trains_on_png_folders_and_evaluates(
 ) -> None:
     project = render(dataset="image_folder")
     common = ["-o", f"data_loader.args.data_dir={png_digits}", "-o", "n_gpu=0"]
-    trained = run_python(project, "train.py", "-c", "config.json", "--bs", "32", "-o", "trainer.epochs=6",
-                         "-o", "trainer.verbosity=1", "--run-id", "png", *common)
+    trained = run_python(
+        project,
+        "train.py",
+        "-c",
+        "config.json",
+        "--bs",
+        "32",
+        "-o",
+        "trainer.epochs=6",
+        "-o",
+        "trainer.verbosity=1",
+        "--run-id",
+        "png",
+        *common,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     run_dir = project / "saved" / "ImageFolder_CNN" / "png"
     lines = (run_dir / "metrics.csv").read_text().splitlines()

@@ -48,13 +48,20 @@ class Job:
     with its stdout and stderr collected as they come."""
 
     def __init__(self, project: Path, command: list[str], env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command,
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+            start_new_session=True,
+        )
         self.out: list[str] = []
         self.err: list[str] = []
-        self.readers = [threading.Thread(target=self._read, args=(stream, into), daemon=True)
-                        for stream, into in ((self.process.stdout, self.out), (self.process.stderr, self.err))]
+        self.readers = [
+            threading.Thread(target=self._read, args=(stream, into), daemon=True)
+            for stream, into in ((self.process.stdout, self.out), (self.process.stderr, self.err))
+        ]
         for reader in self.readers:
             reader.start()
 
@@ -133,17 +140,28 @@ def single_reference(project: Path, mnist_sample_dir: Path, tmp_path_factory: py
 
 @pytest.mark.parametrize(
     ("number", "workers", "moment"),
-    [(signal.SIGTERM, 0, "train"), (signal.SIGTERM, 2, "train"), (signal.SIGINT, 2, "train"),
-     (signal.SIGTERM, 2, "valid")],
+    [
+        (signal.SIGTERM, 0, "train"),
+        (signal.SIGTERM, 2, "train"),
+        (signal.SIGINT, 2, "train"),
+        (signal.SIGTERM, 2, "valid"),
+    ],
     ids=["SIGTERM-0-workers", "SIGTERM-2-workers", "SIGINT-2-workers", "SIGTERM-2-workers-in-validation"],
 )
 def test_a_signal_to_the_whole_group_stops_cleanly_and_resumes_exactly(
-    project: Path, mnist_sample_dir: Path, tmp_path: Path, single_reference: Path,
-    number: int, workers: int, moment: str,
+    project: Path,
+    mnist_sample_dir: Path,
+    tmp_path: Path,
+    single_reference: Path,
+    number: int,
+    workers: int,
+    moment: str,
 ) -> None:
     config = write_config(project, mnist_sample_dir, tmp_path, tmp_path / "config.json")
-    job = Job(project, train_command("-c", str(config), "--run-id", "stopped",
-                                     "-o", f"data_loader.args.num_workers={workers}"))
+    job = Job(
+        project,
+        train_command("-c", str(config), "--run-id", "stopped", "-o", f"data_loader.args.num_workers={workers}"),
+    )
     job.wait_for(f"epoch 2/2 {moment}")
     if moment == "train":
         time.sleep(0.5)  # into the epoch: workers running, batches in flight
@@ -193,12 +211,18 @@ def ranks_of(launcher: int) -> list[int]:
 
 @pytest.mark.parametrize("target", ["job group, 2 workers", "each rank's group, twice"])
 def test_torchrun_stops_on_a_signal_to_any_group_and_resumes_exactly(
-    project: Path, mnist_sample_dir: Path, tmp_path: Path, ddp_reference: Path, target: str,
+    project: Path,
+    mnist_sample_dir: Path,
+    tmp_path: Path,
+    ddp_reference: Path,
+    target: str,
 ) -> None:
     workers = 2 if "2 workers" in target else 0
     config = write_config(project, mnist_sample_dir, tmp_path, tmp_path / "config.json")
-    job = Job(project, launch_command("-c", str(config), "--run-id", "stopped",
-                                      "-o", f"data_loader.args.num_workers={workers}"))
+    job = Job(
+        project,
+        launch_command("-c", str(config), "--run-id", "stopped", "-o", f"data_loader.args.num_workers={workers}"),
+    )
     job.wait_for("epoch 2/2 train")
     time.sleep(0.5)
     if target.startswith("job group"):
@@ -218,7 +242,10 @@ def test_torchrun_stops_on_a_signal_to_any_group_and_resumes_exactly(
 
 
 def test_the_slurm_recipe_passes_the_signal_on_ends_143_and_resumes_when_requeued(
-    project: Path, mnist_sample_dir: Path, tmp_path: Path, ddp_reference: Path,
+    project: Path,
+    mnist_sample_dir: Path,
+    tmp_path: Path,
+    ddp_reference: Path,
 ) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -226,8 +253,13 @@ def test_the_slurm_recipe_passes_the_signal_on_ends_143_and_resumes_when_requeue
     srun.write_text('#!/bin/sh\nexec "$@"\n')
     srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
     config = write_config(project, mnist_sample_dir, tmp_path, tmp_path / "config.json")
-    env = {"PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-           "SLURM_SUBMIT_DIR": str(project), "NPROC": "2", "CONFIG": str(config)}
+    env = {
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_SUBMIT_DIR": str(project),
+        "NPROC": "2",
+        "CONFIG": str(config),
+    }
     job = Job(project, ["bash", "slurm/train.sbatch"], env=env)
     job.wait_for("epoch 2/2 train")
     time.sleep(0.5)
@@ -248,11 +280,29 @@ def test_own_images_with_two_workers_stop_cleanly_on_a_group_sigterm(tmp_path: P
     """The image_folder example decodes PNGs in 2 worker processes: a SIGTERM to the whole group
     used to kill them under the training process (exit 1, a traceback, no latest.pth). Its
     random crops are drawn in the workers, so this resume is checked for continuity, not bits."""
-    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(tmp_path / "rendered"),
-                                extra_context={"dataset": "image_folder"}))
+    project = Path(
+        cookiecutter(
+            str(TEMPLATE),
+            no_input=True,
+            output_dir=str(tmp_path / "rendered"),
+            extra_context={"dataset": "image_folder"},
+        )
+    )
     images = write_png_folders(tmp_path / "pngs", n_train_per_class=100, n_val_per_class=30)
-    args = ["-o", f"data_loader.args.data_dir={images}", "-o", f"trainer.save_dir={tmp_path}", "-o", "n_gpu=0",
-            "-o", "trainer.epochs=2", "-o", "trainer.verbosity=1", "--bs", "16"]
+    args = [
+        "-o",
+        f"data_loader.args.data_dir={images}",
+        "-o",
+        f"trainer.save_dir={tmp_path}",
+        "-o",
+        "n_gpu=0",
+        "-o",
+        "trainer.epochs=2",
+        "-o",
+        "trainer.verbosity=1",
+        "--bs",
+        "16",
+    ]
     job = Job(project, train_command("-c", "config.json", "--run-id", "stopped", *args))
     job.wait_for("epoch 2/2 train")
     time.sleep(0.5)

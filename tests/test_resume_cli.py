@@ -28,8 +28,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def data_args(data_dir: Path, save_dir: Path, *more: str) -> list[str]:
     """Overrides every run here shares: the sample digits, a save_dir of the test, the CPU."""
-    return ["-o", f"data_loader.args.data_dir={data_dir}", "-o", f"trainer.save_dir={save_dir}", "-o", "n_gpu=0",
-            *more]
+    return ["-o", f"data_loader.args.data_dir={data_dir}", "-o", f"trainer.save_dir={save_dir}", "-o", "n_gpu=0", *more]
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -67,18 +66,20 @@ def test_two_epochs_then_resume_to_four_is_bitwise_the_straight_run(
 ) -> None:
     common = data_args(mnist_sample_dir, tmp_path)  # the default config otherwise: batch 128, dropout, StepLR
     started = time.perf_counter()
-    straight = run_python(project, "train.py", "-c", "config.json", "--run-id", "straight",
-                          "-o", "trainer.epochs=4", *common)
+    straight = run_python(
+        project, "train.py", "-c", "config.json", "--run-id", "straight", "-o", "trainer.epochs=4", *common
+    )
     assert straight.returncode == 0, straight.stderr[-2000:]
-    first = run_python(project, "train.py", "-c", "config.json", "--run-id", "split", "-o", "trainer.epochs=2",
-                       *common)
+    first = run_python(project, "train.py", "-c", "config.json", "--run-id", "split", "-o", "trainer.epochs=2", *common)
     assert first.returncode == 0, first.stderr[-2000:]
     split = tmp_path / "Mnist_LeNet" / "split"
     resume_started = time.perf_counter()
     resumed = run_python(project, "train.py", "-r", str(split / "checkpoint-epoch2.pth"), "-o", "trainer.epochs=4")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    print(f"resume to epoch 4 took {time.perf_counter() - resume_started:.1f} s; "
-          f"the whole test {time.perf_counter() - started:.1f} s")
+    print(
+        f"resume to epoch 4 took {time.perf_counter() - resume_started:.1f} s; "
+        f"the whole test {time.perf_counter() - started:.1f} s"
+    )
     assert_bitwise(tmp_path / "Mnist_LeNet" / "straight" / "latest.pth", split / "latest.pth")
     assert (split / "metrics.csv").read_text() == (tmp_path / "Mnist_LeNet" / "straight" / "metrics.csv").read_text()
 
@@ -86,8 +87,11 @@ def test_two_epochs_then_resume_to_four_is_bitwise_the_straight_run(
 def start_training(project: Path, *args: str, log: Path) -> subprocess.Popen[str]:
     """train.py in the background, its stderr (progress bars) into `log`, its stdout piped."""
     return subprocess.Popen(
-        [sys.executable, "train.py", *args], cwd=project, stdout=subprocess.PIPE,
-        stderr=log.open("w"), text=True,
+        [sys.executable, "train.py", *args],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
     )
 
 
@@ -111,8 +115,9 @@ def test_kill_9_at_random_moments_leaves_loadable_checkpoints_and_a_resumable_ru
     resume_seconds = []
     for trial in range(KILL_TRIALS):
         run_id = f"killed{trial}"
-        process = start_training(project, "-c", "config.json", "--run-id", run_id, *common,
-                                 log=tmp_path / f"{run_id}.log")
+        process = start_training(
+            project, "-c", "config.json", "--run-id", run_id, *common, log=tmp_path / f"{run_id}.log"
+        )
         wait_for_line(process, "epoch 1: ")  # latest.pth is written right after this line
         time.sleep(rng.uniform(0.0, 1.9 * epoch))  # somewhere in epochs 2 and 3
         process.kill()  # SIGKILL: no handler, no cleanup
@@ -128,16 +133,27 @@ def test_kill_9_at_random_moments_leaves_loadable_checkpoints_and_a_resumable_ru
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert epochs_in_csv(run_dir) == ["1", "2", "3"]
         assert_bitwise(tmp_path / "Mnist_LeNet" / "straight" / "latest.pth", run_dir / "latest.pth")
-    print(f"{KILL_TRIALS} kill -9 trials, {len(resume_seconds)} resumed: "
-          + ", ".join(f"{seconds:.1f} s" for seconds in resume_seconds))
+    print(
+        f"{KILL_TRIALS} kill -9 trials, {len(resume_seconds)} resumed: "
+        + ", ".join(f"{seconds:.1f} s" for seconds in resume_seconds)
+    )
     assert resume_seconds, "every kill landed after the run had finished"
 
 
 @pytest.fixture(scope="module")
 def good_checkpoint(project: Path, mnist_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_dir = tmp_path_factory.mktemp("saved")
-    result = run_python(project, "train.py", "-c", "config.json", "--run-id", "good", "-o", "trainer.epochs=1",
-                        *data_args(mnist_sample_dir, save_dir))
+    result = run_python(
+        project,
+        "train.py",
+        "-c",
+        "config.json",
+        "--run-id",
+        "good",
+        "-o",
+        "trainer.epochs=1",
+        *data_args(mnist_sample_dir, save_dir),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return save_dir / "Mnist_LeNet" / "good" / "latest.pth"
 

@@ -30,8 +30,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def smoke_train(render: Render, data_dir: Path, tmp_path: Path, n_gpu: int) -> tuple[Path, Path]:
     project = render()
-    common = ["-o", f"data_loader.args.data_dir={data_dir}", "-o", f"trainer.save_dir={tmp_path / 'saved'}",
-              "-o", f"n_gpu={n_gpu}"]
+    common = [
+        "-o",
+        f"data_loader.args.data_dir={data_dir}",
+        "-o",
+        f"trainer.save_dir={tmp_path / 'saved'}",
+        "-o",
+        f"n_gpu={n_gpu}",
+    ]
     result = run_python(project, "train.py", "-c", "config.json", *SMOKE_ARGS, *common)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "saved" / "Mnist_LeNet" / RUN_ID
@@ -51,8 +57,13 @@ def check_run(project: Path, run_dir: Path, data_dir: Path, tmp_path: Path, bitw
     assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr"} <= tags
     assert [event.step for event in events.Scalars("val/accuracy")] == [1, 2, 3]
 
-    for name in ("checkpoint-epoch1.pth", "checkpoint-epoch2.pth", "checkpoint-epoch3.pth", "latest.pth",
-                 "model_best.pth"):
+    for name in (
+        "checkpoint-epoch1.pth",
+        "checkpoint-epoch2.pth",
+        "checkpoint-epoch3.pth",
+        "latest.pth",
+        "model_best.pth",
+    ):
         checkpoint = torch.load(run_dir / name, map_location="cpu", weights_only=True)
         assert not any(key.startswith("module.") for key in checkpoint["state_dict"])
     straight = torch.load(run_dir / "checkpoint-epoch3.pth", map_location="cpu", weights_only=True)
@@ -74,8 +85,16 @@ def check_run(project: Path, run_dir: Path, data_dir: Path, tmp_path: Path, bitw
         assert read_metrics(branch) == read_metrics(run_dir)
 
     before = sorted(tmp_path.rglob("*"))
-    evaluated = run_python(project, "test.py", "-r", str(run_dir / "model_best.pth"), "-o",
-                           f"data_loader.args.data_dir={data_dir}", "-o", "n_gpu=0")
+    evaluated = run_python(
+        project,
+        "test.py",
+        "-r",
+        str(run_dir / "model_best.pth"),
+        "-o",
+        f"data_loader.args.data_dir={data_dir}",
+        "-o",
+        "n_gpu=0",
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     results = dict(line.split(": ") for line in evaluated.stdout.splitlines() if ": " in line)
     assert float(results["accuracy"]) >= 0.85 and "loss" in results and "top_k_acc" in results
@@ -102,13 +121,28 @@ def test_smoke_train_resume_evaluate_on_cuda(render: Render, mnist_sample_dir: P
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_trains_on_cuda(render: Render, mnist_sample_dir: Path, tmp_path: Path,
-                                        precision: str) -> None:
+def test_mixed_precision_trains_on_cuda(render: Render, mnist_sample_dir: Path, tmp_path: Path, precision: str) -> None:
     project = render()
-    result = run_python(project, "train.py", "-c", "config.json", "--bs", "32", "-o", "trainer.epochs=2",
-                        "-o", f"trainer.precision={precision}", "-o", "n_gpu=1", "--run-id", precision,
-                        "-o", f"data_loader.args.data_dir={mnist_sample_dir}",
-                        "-o", f"trainer.save_dir={tmp_path / 'saved'}")
+    result = run_python(
+        project,
+        "train.py",
+        "-c",
+        "config.json",
+        "--bs",
+        "32",
+        "-o",
+        "trainer.epochs=2",
+        "-o",
+        f"trainer.precision={precision}",
+        "-o",
+        "n_gpu=1",
+        "--run-id",
+        precision,
+        "-o",
+        f"data_loader.args.data_dir={mnist_sample_dir}",
+        "-o",
+        f"trainer.save_dir={tmp_path / 'saved'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_metrics(tmp_path / "saved" / "Mnist_LeNet" / precision)
     assert float(rows[-1]["val_accuracy"]) >= 0.85

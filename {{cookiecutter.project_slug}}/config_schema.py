@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from utils.errors import InputError
@@ -77,6 +78,19 @@ def _check_names(value: list) -> str | None:
     if all(_is_function(item) for item in value):
         return None
     return 'must be a list of names or {"type": name, "args": {...}} objects'
+
+
+# TensorBoard support is the file logger/visualization.py: a project generated without it has
+# no such file (and no tensorboard requirement) and accepts victoresque's key only to turn it off.
+HAS_TENSORBOARD = (Path(__file__).resolve().parent / "logger" / "visualization.py").is_file()
+
+
+def _tensorboard_key() -> Key:
+    if HAS_TENSORBOARD:
+        return Key((bool,), "write TensorBoard scalars into the run directory", default=True)
+    return Key((bool,), "accepted for victoresque configs; this project has no TensorBoard, so only false",
+               default=False, check=lambda value: "must be false (the project was generated without TensorBoard)"
+               if value else None)
 
 
 def _object(doc: str, args: dict[str, Key] | None = None, types: tuple[type, ...] = (dict,),
@@ -147,13 +161,7 @@ SCHEMA: dict[str, Key] = {
                                 "optimizer steps; null: only at epoch ends", default=None, check=_at_least(1)),
         "early_stop": Key((int,), "stop after this many epochs without improvement of the monitored "
                           "metric; 0 never stops early", default=0, check=_at_least(0)),
-{%- if cookiecutter.tensorboard == "yes" %}
-        "tensorboard": Key((bool,), "write TensorBoard scalars into the run directory", default=True),
-{%- else %}
-        "tensorboard": Key((bool,), "accepted for victoresque configs; this project has no TensorBoard, so only "
-                           "false", default=False, check=lambda value: "must be false (the project was generated "
-                           "without TensorBoard)" if value else None),
-{%- endif %}
+        "tensorboard": _tensorboard_key(),
         "seed": Key((int, type(None)), "seed of every random number generator; null for an unseeded run",
                     default=123),
         "precision": Key((str,), "'fp32', 'bf16' (autocast on CPU and CUDA) or 'fp16' (CUDA only, "

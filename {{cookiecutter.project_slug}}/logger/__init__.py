@@ -1,10 +1,5 @@
 from logger.logger import add_file_handler, remove_handler, setup_logging
 from logger.metrics_csv import MetricsCSV
-{%- if cookiecutter.tensorboard == "yes" %}
 from logger.visualization import TensorboardWriter
 
 __all__ = ["MetricsCSV", "TensorboardWriter", "add_file_handler", "remove_handler", "setup_logging"]
-{%- else %}
-
-__all__ = ["MetricsCSV", "add_file_handler", "remove_handler", "setup_logging"]
-{%- endif %}

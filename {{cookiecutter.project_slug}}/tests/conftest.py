@@ -12,7 +12,11 @@ import pytest
 from parse_config import ConfigParser
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MNIST_CONFIG = "{{ "config_mnist.json" if cookiecutter.dataset == "image_folder" else "config.json" }}"  # the MNIST example, shrunk here
+# The MNIST example, shrunk by `make_config`: config_mnist.json where config.json is the example
+# for your own images (a project generated with dataset=image_folder), else config.json.
+MNIST_CONFIG = "config_mnist.json" if (PROJECT_ROOT / "config_mnist.json").is_file() else "config.json"
+# Whether the project was generated with TensorBoard: only then has it logger/visualization.py.
+TENSORBOARD = (PROJECT_ROOT / "logger" / "visualization.py").is_file()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

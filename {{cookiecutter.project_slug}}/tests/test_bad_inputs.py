@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import victoresque_checkpoint
+from conftest import MNIST_CONFIG, PROJECT_ROOT, victoresque_checkpoint
 from torchvision import datasets
 
 import test as test_script
@@ -24,8 +24,6 @@ import train
 from model.model import MnistModel
 from parse_config import ConfigParser
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MNIST_CONFIG = "{{ "config_mnist.json" if cookiecutter.dataset == "image_folder" else "config.json" }}"  # the MNIST example, shrunk here
 DELETE = object()  # an `edits` value that removes the key
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from conftest import TENSORBOARD
 
 import model.loss as module_loss
 from cli import apply_override
@@ -56,7 +57,7 @@ def test_train_fills_the_run_directory(make_config: ConfigFactory, tmp_path: Pat
     assert names == {"config.json", "run_info.json", "train.log", "metrics.csv", "checkpoint-epoch2.pth",
                      "checkpoint-epoch4.pth", "model_best.pth", "latest.pth"}
     tensorboard_events = any(path.name.startswith("events.out.tfevents") for path in run_dir.iterdir())
-    assert tensorboard_events
+    assert tensorboard_events == TENSORBOARD
     rows = read_metrics(run_dir)
     assert [row["epoch"] for row in rows] == ["1", "2", "3", "4"]
     assert list(rows[0]) == ["epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy",
@@ -151,7 +152,7 @@ def test_a_victoresque_config_runs_unchanged_apart_from_paths(
         "metrics": ["accuracy", "top_k_acc"],
         "lr_scheduler": {"type": "StepLR", "args": {"step_size": 50, "gamma": 0.1}},
         "trainer": {"epochs": 1, "save_dir": str(tmp_path / "saved"), "save_period": 1, "verbosity": 2,
-                    "monitor": "min val_loss", "early_stop": 10, "tensorboard": True},
+                    "monitor": "min val_loss", "early_stop": 10, "tensorboard": TENSORBOARD},
     }
     apply_override(config, "trainer.epochs=1")  # as `-o trainer.epochs=1` would, to keep the test short
     result = run(config)
