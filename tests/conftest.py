@@ -39,6 +39,7 @@ EXPECTED_FILES = {
     "base/base_data_loader.py",
     "base/base_model.py",
     "base/base_trainer.py",
+    "base/checkpointed_run.py",
     "data_loader/__init__.py",
     "data_loader/data_loaders.py",
     "data_loader/mnist_files.py",

@@ -9,9 +9,6 @@ import pytest
 from conftest import DEFAULTS, EXPECTED_FILES, TEMPLATE, Render, files_of, run_python
 
 JINJA_MARKERS = ("{{", "{%", "{#")
-# Python files of the template that may still hold Jinja. base/base_trainer.py leaves this set
-# when the trainer is restructured (its TensorBoard lines become plain Python); nothing joins it.
-JINJA_IN_PYTHON_ALLOWED = {"base/base_trainer.py"}
 
 
 def test_defaults_render_exactly_the_expected_files(render: Render) -> None:
@@ -33,14 +30,11 @@ def test_template_python_files_are_plain_python_before_rendering() -> None:
     or values in JSON: every template .py parses as it is and holds no Jinja."""
     source = TEMPLATE / "{{cookiecutter.project_slug}}"
     names = {path.relative_to(source).as_posix() for path in source.rglob("*.py")}
-    assert JINJA_IN_PYTHON_ALLOWED <= names and len(names) > 50
-    for name in sorted(names - JINJA_IN_PYTHON_ALLOWED):
+    assert len(names) > 50
+    for name in sorted(names):
         text = (source / name).read_text()
         ast.parse(text, filename=name)
         assert not [marker for marker in JINJA_MARKERS if marker in text], f"{name} holds Jinja"
-    for name in JINJA_IN_PYTHON_ALLOWED:  # an exception that is no longer needed goes
-        text = (source / name).read_text()
-        assert any(marker in text for marker in JINJA_MARKERS), f"{name} is plain now: drop it from the exceptions"
 
 
 def test_answers_are_recorded_for_later_updates(render: Render) -> None:
