@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make demo   render the default project into build/demo, train 3 epochs, resume to 4, evaluate
-#   make test   the whole test suite (slow end-to-end cases included; CUDA cases skip without a GPU)
+#   make test   the whole test suite, one worker per core (slow end-to-end cases included; CUDA cases
+#               skip without a GPU)
 # Both create the virtual environment .venv first (torch is a large download the first time).
 
 PYTHON ?= python3
@@ -20,11 +21,15 @@ $(VENV)/.installed: requirements-dev.txt
 demo: $(VENV)/.installed
 	$(PY) scripts/demo.py build/demo
 
+# One pytest-xdist worker per core; tests that share a trained reference run stay on one worker
+# (their xdist_group marks). Plain `pytest tests` runs the same tests one after another.
+XDIST := -n auto --dist loadgroup
+
 test: $(VENV)/.installed
-	$(PY) -m pytest tests
+	$(PY) -m pytest $(XDIST) tests
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest $(XDIST) tests -m "not slow"
 
 clean:
 	rm -rf build $(VENV)

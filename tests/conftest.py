@@ -1,6 +1,7 @@
 """Fixtures of the template's tests: rendering the template, real MNIST digits on disk."""
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -10,7 +11,13 @@ from typing import Any
 import pytest
 from cookiecutter.main import cookiecutter
 
-from mnist_sample import write_mnist_raw
+from mnist_sample import write_mnist_raw, write_png_folders
+
+# The tests and every process they start do their math on one thread (unless OMP_NUM_THREADS
+# says otherwise). The models here are tiny, so a thread per core gains little, and where other
+# processes share the cores (pytest-xdist's workers in `make test`, torchrun's ranks, a busy CI
+# machine) torch's threads wait on each other: on 2 busy cores a test trained 4x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 DEFAULTS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
@@ -107,21 +114,55 @@ def files_of(project: Path) -> set[str]:
     return {str(path.relative_to(project)) for path in project.rglob("*") if path.is_file()}
 
 
+def render_into(out: Path, answers: dict[str, Any]) -> Path:
+    """Render the template with `--no-input` and the given answers into `out`; returns the project folder."""
+    return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(out), extra_context=answers))
+
+
 @pytest.fixture
 def render(tmp_path: Path) -> Render:
-    """Render the template with `--no-input` and the given answers; returns the project folder."""
+    """A fresh project of the given answers, the test's own to change (under tmp_path/rendered)."""
 
     def render_with(**answers: Any) -> Path:
-        out = tmp_path / "rendered"
-        return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(out), extra_context=answers))
+        return render_into(tmp_path / "rendered", answers)
 
     return render_with
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Render:
+    """The project of the given answers, rendered once per test session (per xdist worker) and
+    shared: only read its files (ruff --no-cache reads only). To run or change a project, use
+    `render` or `default_project`."""
+    projects: dict[str, Path] = {}
+
+    def render_once(**answers: Any) -> Path:
+        key = json.dumps(answers, sort_keys=True)
+        if key not in projects:
+            projects[key] = render_into(tmp_path_factory.mktemp("rendered"), answers)
+        return projects[key]
+
+    return render_once
+
+
+@pytest.fixture(scope="session")
+def default_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default project, rendered once per test session (per xdist worker), to run: tests may
+    run its code (which leaves __pycache__ folders) but send every output elsewhere (save_dir,
+    data_dir, config files under their tmp_path) and change none of its files."""
+    return render_into(tmp_path_factory.mktemp("default"), {})
 
 
 @pytest.fixture(scope="session")
 def mnist_sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data_dir with the 5,000 real digits in torchvision's MNIST layout (4,000 train, 1,000 test)."""
     return write_mnist_raw(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture(scope="session")
+def png_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,000 training and 300 validation PNG digits of the real sample, in class folders."""
+    return write_png_folders(tmp_path_factory.mktemp("pngs"), n_train_per_class=100, n_val_per_class=30)
 
 
 def run_python(project: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,7 @@
 status 2 and one `error:` line, prints no traceback and leaves the project as it was.
 
 The full catalogue (69 cases) runs in-process in the generated project's own
-tests/test_bad_inputs.py, which test_smoke_train.py runs; these cases prove that the same
+tests/test_bad_inputs.py, which test_options.py runs; these cases prove that the same
 holds for a real interpreter, from process start to exit status.
 """
 

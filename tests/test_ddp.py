@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 import torch
-from cookiecutter.main import cookiecutter
 
-from conftest import TEMPLATE, run_python
+from conftest import run_python
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +22,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(tmp_path_factory.mktemp("rendered"))))
+def project(default_project: Path) -> Path:
+    return default_project  # shared by the modules that run the default project
 
 
 def common(data_dir: Path, save_dir: Path, *more: str) -> list[str]:
@@ -40,8 +39,10 @@ def common(data_dir: Path, save_dir: Path, *more: str) -> list[str]:
 
 
 def torchrun(project: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """One node's torchrun on a free port (its default, 29500, may be held by a test running beside)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([*TORCHRUN, *args], cwd=project, capture_output=True, text=True, timeout=timeout, env=env)
+    command = [*TORCHRUN, f"--master_port={free_port()}", *args]
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """The option matrix: every value of every option (one at a time, defaults elsewhere) and
-one all-non-default combination renders the exact file set, leaves no Jinja, passes ruff,
-has parseable workflow files, and passes the generated project's own tests offline. A
-project generated with `dataset=image_folder` trains on a folder of real PNG digits and
-test.py evaluates it."""
+one all-non-default combination renders the exact file set, leaves no Jinja, passes ruff and
+has parseable workflow files. The generated project's own suite runs, offline, once for each
+set of answers whose code differs: the default, `dataset=image_folder`, `tensorboard=no` and
+all non-defaults together. `license` and `github_actions` change only LICENSE, README.md and
+.github/ (checked byte for byte), so their code is the default's; the generated tests that
+read README.md run for them. A project generated with `dataset=image_folder` trains on a
+folder of real PNG digits and test.py evaluates it."""
 
 from pathlib import Path
 from typing import Any
@@ -10,8 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import DEFAULTS, Render, expected_files, files_of, run_python
-from mnist_sample import write_png_folders
+from conftest import DEFAULTS, EXPECTED_FILES, Render, expected_files, files_of, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -19,10 +21,16 @@ OPTIONS = ("dataset", "tensorboard", "github_actions", "license")
 ONE_AT_A_TIME = [{option: value} for option in OPTIONS for value in DEFAULTS[option][1:]]
 ALL_NON_DEFAULT = {"dataset": "image_folder", "tensorboard": "no", "github_actions": "no", "license": "none"}
 VARIANTS = [*ONE_AT_A_TIME, ALL_NON_DEFAULT]
+# The answers whose Python code, configs or requirements differ: each runs the generated suite.
+SUITE_VARIANTS = [{}, {"dataset": "image_folder"}, {"tensorboard": "no"}, ALL_NON_DEFAULT]
+# What license and github_actions may change; everything else must be the default project's.
+NOT_CODE = {"LICENSE", "README.md", ".cookiecutter.json", ".github/workflows/tests.yml"}
+# The generated tests that read a file of NOT_CODE (the README's config reference).
+TESTS_OF_NOT_CODE = ("tests/test_config.py::test_readme_config_reference_is_the_schema",)
 
 
 def variant_id(answers: dict[str, str]) -> str:
-    return ",".join(f"{key}={value}" for key, value in answers.items())
+    return ",".join(f"{key}={value}" for key, value in answers.items()) or "defaults"
 
 
 def test_every_non_default_value_is_in_the_matrix() -> None:
@@ -30,11 +38,22 @@ def test_every_non_default_value_is_in_the_matrix() -> None:
         (option, value) for option in OPTIONS for value in DEFAULTS[option][1:]
     }
     assert all(isinstance(DEFAULTS[option], list) and len(DEFAULTS[option]) >= 2 for option in OPTIONS)
+    # every option that may change code has its value in a suite variant
+    assert {(option, value) for answers in SUITE_VARIANTS for option, value in answers.items()} >= {
+        (option, value) for option in ("dataset", "tensorboard") for value in DEFAULTS[option][1:]
+    }
+
+
+def run_generated_tests(project: Path, *tests: str) -> None:
+    # -P: like a bare `pytest`, without the current folder on sys.path
+    result = run_python(project, "-P", "-m", "pytest", "-p", "no:cacheprovider", *tests)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
 
 
 @pytest.mark.parametrize("answers", VARIANTS, ids=[variant_id(answers) for answers in VARIANTS])
-def test_variant_renders_lints_and_passes_its_own_tests(render: Render, answers: dict[str, str]) -> None:
-    project = render(**answers)
+def test_variant_renders_the_exact_files_and_lints(rendered: Render, answers: dict[str, str]) -> None:
+    project = rendered(**answers)
     assert files_of(project) == expected_files(answers)
     for name in files_of(project):
         text = (project / name).read_text()
@@ -50,15 +69,27 @@ def test_variant_renders_lints_and_passes_its_own_tests(render: Render, answers:
     assert ("tensorboard" in requirements) == (answers.get("tensorboard", "yes") == "yes")
     linted = run_python(project, "-m", "ruff", "check", "--no-cache", ".", timeout=120)
     assert linted.returncode == 0, linted.stdout[-3000:]
-    tested = run_python(project, "-P", "-m", "pytest", "-p", "no:cacheprovider")
-    assert tested.returncode == 0, tested.stdout[-3000:]
-    assert " passed" in tested.stdout and "failed" not in tested.stdout
 
 
-@pytest.fixture(scope="module")
-def png_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """1,000 training and 300 validation PNG digits of the real sample, in class folders."""
-    return write_png_folders(tmp_path_factory.mktemp("pngs"), n_train_per_class=100, n_val_per_class=30)
+@pytest.mark.parametrize("answers", SUITE_VARIANTS, ids=[variant_id(answers) for answers in SUITE_VARIANTS])
+def test_variant_passes_its_own_tests(render: Render, answers: dict[str, str]) -> None:
+    run_generated_tests(render(**answers))
+
+
+NON_CODE_VARIANTS = [answers for answers in VARIANTS if answers not in SUITE_VARIANTS]
+
+
+@pytest.mark.parametrize("answers", NON_CODE_VARIANTS, ids=[variant_id(answers) for answers in NON_CODE_VARIANTS])
+def test_license_and_workflow_answers_change_no_code(render: Render, rendered: Render, answers: dict[str, str]) -> None:
+    """Their code is byte for byte the default's, whose suite runs above; the tests that read
+    what they change run here (in a fresh render: running leaves __pycache__ folders)."""
+    assert set(answers) <= {"license", "github_actions"}
+    project, default = rendered(**answers), rendered()
+    code = expected_files(answers) - NOT_CODE
+    assert code == EXPECTED_FILES - NOT_CODE
+    for name in sorted(code):
+        assert (project / name).read_bytes() == (default / name).read_bytes(), name
+    run_generated_tests(render(**answers), *TESTS_OF_NOT_CODE)
 
 
 def test_image_folder_project_trains_on_png_folders_and_evaluates(

@@ -17,10 +17,8 @@ from typing import Any
 
 import pytest
 import torch
-from cookiecutter.main import cookiecutter
 
-from conftest import TEMPLATE
-from mnist_sample import write_png_folders
+from conftest import Render
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +26,8 @@ NAME = "Mnist_LeNet"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(tmp_path_factory.mktemp("rendered"))))
+def project(default_project: Path) -> Path:
+    return default_project  # shared by the modules that run the default project
 
 
 def write_config(project: Path, data_dir: Path, save_dir: Path, path: Path, **trainer: Any) -> Path:
@@ -138,6 +136,8 @@ def single_reference(project: Path, mnist_sample_dir: Path, tmp_path_factory: py
     return save_dir / NAME / "straight"
 
 
+# With pytest-xdist, the tests of one shared reference run share one worker: it is trained once.
+@pytest.mark.xdist_group("preemption-single-reference")
 @pytest.mark.parametrize(
     ("number", "workers", "moment"),
     [
@@ -209,6 +209,7 @@ def ranks_of(launcher: int) -> list[int]:
     return [rank for torchrun in children.get(launcher, []) for rank in children.get(torchrun, [])]
 
 
+@pytest.mark.xdist_group("preemption-ddp-reference")
 @pytest.mark.parametrize("target", ["job group, 2 workers", "each rank's group, twice"])
 def test_torchrun_stops_on_a_signal_to_any_group_and_resumes_exactly(
     project: Path,
@@ -241,6 +242,7 @@ def test_torchrun_stops_on_a_signal_to_any_group_and_resumes_exactly(
     assert_bitwise(ddp_reference, run_dir)
 
 
+@pytest.mark.xdist_group("preemption-ddp-reference")
 def test_the_slurm_recipe_passes_the_signal_on_ends_143_and_resumes_when_requeued(
     project: Path,
     mnist_sample_dir: Path,
@@ -276,19 +278,14 @@ def test_the_slurm_recipe_passes_the_signal_on_ends_143_and_resumes_when_requeue
     assert_bitwise(ddp_reference, run_dir)
 
 
-def test_own_images_with_two_workers_stop_cleanly_on_a_group_sigterm(tmp_path: Path) -> None:
+def test_own_images_with_two_workers_stop_cleanly_on_a_group_sigterm(
+    render: Render, png_digits: Path, tmp_path: Path
+) -> None:
     """The image_folder example decodes PNGs in 2 worker processes: a SIGTERM to the whole group
     used to kill them under the training process (exit 1, a traceback, no latest.pth). Its
     random crops are drawn in the workers, so this resume is checked for continuity, not bits."""
-    project = Path(
-        cookiecutter(
-            str(TEMPLATE),
-            no_input=True,
-            output_dir=str(tmp_path / "rendered"),
-            extra_context={"dataset": "image_folder"},
-        )
-    )
-    images = write_png_folders(tmp_path / "pngs", n_train_per_class=100, n_val_per_class=30)
+    project = render(dataset="image_folder")
+    images = png_digits  # 100 training and 30 validation images per class
     args = [
         "-o",
         f"data_loader.args.data_dir={images}",

@@ -11,14 +11,14 @@ from conftest import DEFAULTS, EXPECTED_FILES, TEMPLATE, Render, files_of, run_p
 JINJA_MARKERS = ("{{", "{%", "{#")
 
 
-def test_defaults_render_exactly_the_expected_files(render: Render) -> None:
-    project = render()
+def test_defaults_render_exactly_the_expected_files(rendered: Render) -> None:
+    project = rendered()
     assert project.name == "mnist_classifier"
     assert files_of(project) == EXPECTED_FILES
 
 
-def test_no_jinja_is_left_in_any_file(render: Render) -> None:
-    project = render(project_name="Jinja Check", description="tricky {braces} and 'quotes'")
+def test_no_jinja_is_left_in_any_file(rendered: Render) -> None:
+    project = rendered(project_name="Jinja Check", description="tricky {braces} and 'quotes'")
     for name in files_of(project):
         text = (project / name).read_text()
         for marker in JINJA_MARKERS:
@@ -37,8 +37,8 @@ def test_template_python_files_are_plain_python_before_rendering() -> None:
         assert not [marker for marker in JINJA_MARKERS if marker in text], f"{name} holds Jinja"
 
 
-def test_answers_are_recorded_for_later_updates(render: Render) -> None:
-    project = render(project_name="Digit Reader", author_name="Ada", license="BSD-3-Clause")
+def test_answers_are_recorded_for_later_updates(rendered: Render) -> None:
+    project = rendered(project_name="Digit Reader", author_name="Ada", license="BSD-3-Clause")
     answers = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]  # replay-file layout
     assert answers["project_name"] == "Digit Reader"
     assert answers["project_slug"] == "digit_reader"
@@ -58,8 +58,8 @@ def test_answers_are_recorded_for_later_updates(render: Render) -> None:
         ("none", None),
     ],
 )
-def test_license_option_writes_the_right_file(render: Render, license_name: str, expected: str | None) -> None:
-    project = render(license=license_name, author_name="Ada Lovelace")
+def test_license_option_writes_the_right_file(rendered: Render, license_name: str, expected: str | None) -> None:
+    project = rendered(license=license_name, author_name="Ada Lovelace")
     if expected is None:
         assert not (project / "LICENSE").exists()
         assert files_of(project) == EXPECTED_FILES - {"LICENSE"}
@@ -72,8 +72,8 @@ def test_license_choices_are_the_documented_ones() -> None:
     assert DEFAULTS["license"] == ["MIT", "BSD-3-Clause", "Apache-2.0", "none"]
 
 
-def test_generated_code_passes_ruff(render: Render) -> None:
-    project = render()
+def test_generated_code_passes_ruff(rendered: Render) -> None:
+    project = rendered()
     result = run_python(project, "-m", "ruff", "check", "--no-cache", ".", timeout=120)
     assert result.returncode == 0, result.stdout[-3000:]
 
@@ -87,14 +87,14 @@ def tensorboard_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "tensorboard" in line.lower()]
 
 
-def test_readme_of_the_default_project_describes_tensorboard(render: Render) -> None:
-    readme = (render() / "README.md").read_text()
+def test_readme_of_the_default_project_describes_tensorboard(rendered: Render) -> None:
+    readme = (rendered() / "README.md").read_text()
     assert "## TensorBoard" in readme and "tensorboard --logdir saved/" in readme
     assert len(tensorboard_lines(readme)) >= 8  # run directory, resume, stopping, dry run, ...
 
 
-def test_a_project_without_tensorboard_mentions_it_only_where_it_must(render: Render) -> None:
-    project = render(tensorboard="no")
+def test_a_project_without_tensorboard_mentions_it_only_where_it_must(rendered: Render) -> None:
+    project = rendered(tensorboard="no")
     readme = tensorboard_lines((project / "README.md").read_text())
     assert [line for line in readme if not line.startswith(TENSORBOARD_ROWS_KEPT)] == []
     assert [line.split("|")[1].strip() for line in readme] == ["`tensorboard_step`", "`trainer.tensorboard`"]

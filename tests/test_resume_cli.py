@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from cookiecutter.main import cookiecutter
 
-from conftest import TEMPLATE, run_python
+from conftest import run_python
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +21,8 @@ KILL_TRIALS = 5
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(tmp_path_factory.mktemp("rendered"))))
+def project(default_project: Path) -> Path:
+    return default_project  # shared by the modules that run the default project
 
 
 def data_args(data_dir: Path, save_dir: Path, *more: str) -> list[str]:
@@ -158,6 +157,7 @@ def good_checkpoint(project: Path, mnist_sample_dir: Path, tmp_path_factory: pyt
     return save_dir / "Mnist_LeNet" / "good" / "latest.pth"
 
 
+@pytest.mark.xdist_group("resume-good-checkpoint")  # with pytest-xdist: one worker trains it once
 @pytest.mark.parametrize(
     ("name", "script", "message"),
     [

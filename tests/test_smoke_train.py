@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import Render, run_python
+from conftest import run_python
 
 pytestmark = pytest.mark.slow
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
@@ -28,8 +28,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     return read_metrics_file(run_dir / "metrics.csv")
 
 
-def smoke_train(render: Render, data_dir: Path, tmp_path: Path, n_gpu: int) -> tuple[Path, Path]:
-    project = render()
+def smoke_train(project: Path, data_dir: Path, tmp_path: Path, n_gpu: int) -> tuple[Path, Path]:
     common = [
         "-o",
         f"data_loader.args.data_dir={data_dir}",
@@ -101,15 +100,15 @@ def check_run(project: Path, run_dir: Path, data_dir: Path, tmp_path: Path, bitw
     assert sorted(tmp_path.rglob("*")) == before  # evaluation creates nothing
 
 
-def test_smoke_train_resume_evaluate_on_cpu(render: Render, mnist_sample_dir: Path, tmp_path: Path) -> None:
-    project, run_dir = smoke_train(render, mnist_sample_dir, tmp_path, n_gpu=0)
+def test_smoke_train_resume_evaluate_on_cpu(default_project: Path, mnist_sample_dir: Path, tmp_path: Path) -> None:
+    project, run_dir = smoke_train(default_project, mnist_sample_dir, tmp_path, n_gpu=0)
     check_run(project, run_dir, mnist_sample_dir, tmp_path, bitwise=True)
 
 
 @pytest.mark.cuda
 @cuda
-def test_smoke_train_resume_evaluate_on_cuda(render: Render, mnist_sample_dir: Path, tmp_path: Path) -> None:
-    project, run_dir = smoke_train(render, mnist_sample_dir, tmp_path, n_gpu=1)
+def test_smoke_train_resume_evaluate_on_cuda(default_project: Path, mnist_sample_dir: Path, tmp_path: Path) -> None:
+    project, run_dir = smoke_train(default_project, mnist_sample_dir, tmp_path, n_gpu=1)
     assert "running on the CPU" not in (run_dir / "train.log").read_text()
     saved = torch.load(run_dir / "latest.pth", weights_only=True)
     assert saved["state_dict"]["conv1.weight"].is_cuda  # trained on the GPU; test.py below runs on CPU
@@ -121,8 +120,10 @@ def test_smoke_train_resume_evaluate_on_cuda(render: Render, mnist_sample_dir: P
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_trains_on_cuda(render: Render, mnist_sample_dir: Path, tmp_path: Path, precision: str) -> None:
-    project = render()
+def test_mixed_precision_trains_on_cuda(
+    default_project: Path, mnist_sample_dir: Path, tmp_path: Path, precision: str
+) -> None:
+    project = default_project
     result = run_python(
         project,
         "train.py",
@@ -148,11 +149,3 @@ def test_mixed_precision_trains_on_cuda(render: Render, mnist_sample_dir: Path, 
     assert float(rows[-1]["val_accuracy"]) >= 0.85
     checkpoint = torch.load(tmp_path / "saved" / "Mnist_LeNet" / precision / "latest.pth", weights_only=True)
     assert (checkpoint["scaler"] is not None) == (precision == "fp16")
-
-
-def test_generated_projects_own_tests_pass_offline(render: Render) -> None:
-    project = render()
-    # -P: like a bare `pytest`, without the current folder on sys.path
-    result = run_python(project, "-P", "-m", "pytest", "-p", "no:cacheprovider")
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout
