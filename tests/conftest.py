@@ -174,3 +174,9 @@ def run_python(project: Path, *args: str, timeout: float = 900) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (a stable sort, so files keep their order): under pytest-xdist the quick
+    tests then fill the gaps at the end, instead of one worker finishing a long run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
