@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +128,17 @@ def assert_clean_stop(job: Job, status: int, number: int, run_dir: Path) -> dict
     return saved
 
 
-@pytest.fixture(scope="module")
-def single_reference(project: Path, mnist_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    save_dir = tmp_path_factory.mktemp("single")
-    config = write_config(project, mnist_sample_dir, save_dir, save_dir / "config.json")
-    job = Job(project, train_command("-c", str(config), "--run-id", "straight"))
+def straight_run(project: Path, data_dir: Path, save_dir: Path, command: Callable[..., list[str]]) -> Path:
+    """The uninterrupted reference run that the stopped and resumed runs are compared with."""
+    config = write_config(project, data_dir, save_dir, save_dir / "config.json")
+    job = Job(project, command("-c", str(config), "--run-id", "straight"))
     assert job.finish() == 0, job.text()[-3000:]
     return save_dir / NAME / "straight"
+
+
+@pytest.fixture(scope="module")
+def single_reference(project: Path, mnist_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return straight_run(project, mnist_sample_dir, tmp_path_factory.mktemp("single"), train_command)
 
 
 # With pytest-xdist, the tests of one shared reference run share one worker: it is trained once.
@@ -190,11 +195,7 @@ def test_a_second_sigint_exits_at_once(project: Path, mnist_sample_dir: Path, tm
 
 @pytest.fixture(scope="module")
 def ddp_reference(project: Path, mnist_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    save_dir = tmp_path_factory.mktemp("ddp")
-    config = write_config(project, mnist_sample_dir, save_dir, save_dir / "config.json")
-    job = Job(project, launch_command("-c", str(config), "--run-id", "straight"))
-    assert job.finish() == 0, job.text()[-3000:]
-    return save_dir / NAME / "straight"
+    return straight_run(project, mnist_sample_dir, tmp_path_factory.mktemp("ddp"), launch_command)
 
 
 def ranks_of(launcher: int) -> list[int]:

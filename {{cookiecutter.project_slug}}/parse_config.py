@@ -14,7 +14,7 @@ from typing import Any
 
 from config_schema import validate
 from utils.branch import branch_folder, is_older_than_its_run, start_branch
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import forget_read_checkpoint, load_checkpoint
 from utils.errors import InputError
 from utils.run_files import save_run_files
 
@@ -103,6 +103,7 @@ class ConfigParser:
         except OSError as exc:
             raise InputError(f"run directory '{run_dir}': cannot create it ({exc.strerror or exc})") from None
         save_run_files(run_dir, self.config, made=not self.resuming)
+        forget_read_checkpoint()  # the trainer restored from it before; nothing reads it after this
         self.run_dir = run_dir
         return run_dir
 

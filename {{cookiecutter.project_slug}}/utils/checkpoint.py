@@ -132,6 +132,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def forget_read_checkpoint() -> None:
+    """Drop the kept checkpoint once its last reader is done, so that a run does not hold a copy
+    of the model and optimizer state for its whole length."""
+    global _last_read
+    _last_read = None
+
+
 def _identity(path: Path) -> tuple[str, int, int] | None:
     try:
         info = path.stat()
