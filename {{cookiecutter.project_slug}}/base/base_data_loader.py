@@ -2,6 +2,7 @@
 
 import functools
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -59,17 +60,22 @@ class EpochBatches(Sampler[list[int]]):
     def __len__(self) -> int:
         return max(self.batches_per_epoch() - self.skip, 0)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        order = self.indices
+    def epoch_order(self) -> torch.Tensor:
+        """This rank's sample indices for the epoch, in order, without the skipped batches."""
+        order = torch.as_tensor(self.indices, dtype=torch.long)
         if self.shuffle:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-            order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=generator).tolist()]
+            order = order[torch.randperm(len(order), generator=generator)]
         if self.world_size > 1:
             if self.pad and len(order) % self.world_size:
                 padding = self.world_size - len(order) % self.world_size
-                order = order + (order * math.ceil(padding / len(order)))[:padding]
+                order = torch.cat([order, order.repeat(math.ceil(padding / len(order)))[:padding]])
             order = order[self.rank :: self.world_size]
-        for start in range(self.skip * self.batch_size, len(order), self.batch_size):
+        return order[self.skip * self.batch_size :]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.epoch_order().tolist()
+        for start in range(0, len(order), self.batch_size):
             yield order[start : start + self.batch_size]
 
 
@@ -87,16 +93,67 @@ def _init_worker(worker_id: int, then: Callable[[int], None] | None = None) -> N
 class StopSafeDataLoader(DataLoader):
     """A DataLoader whose worker processes leave SIGINT and SIGTERM to the training process,
     so that a signal to the whole process group stops training cleanly instead of killing
-    a worker under it."""
+    a worker under it.
+
+    `keep_on(device)` (the trainer calls it) serves an in-memory TensorDataset from a copy on
+    the device: see `resident_tensors`. `device_transform(batch, epoch, index)`, when a loader
+    has one, is applied by the trainer to each batch once it is on the device (batched
+    augmentation, conversion of uint8 images): `index` counts the epoch's batches from 0."""
+
+    device_transform: Callable[[Any, int, int], Any] | None = None
 
     def __init__(self, *args: Any, worker_init_fn: Callable[[int], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, worker_init_fn=functools.partial(_init_worker, then=worker_init_fn), **kwargs)
+        self.resident: tuple[torch.Tensor, ...] | None = None  # the dataset's tensors on the device
+
+    def keep_on(self, device: torch.device) -> bool:
+        """Index batches in the dataset's tensors on `device` from now on, if they can be kept
+        there (see `resident_tensors`); True when they are. The batches are unchanged."""
+        if self.resident is None and isinstance(self.sampler, EpochBatches) and self.batch_size is None:
+            self.resident = resident_tensors(self.dataset, device, self.num_workers)
+        return self.resident is not None
 
     def __iter__(self) -> Any:
+        if self.resident is not None:
+            return self._resident_batches(self.resident)
         if self.num_workers == 0:
             return super().__iter__()
         with stop_signals_blocked():  # the workers start with the signals blocked
             return super().__iter__()
+
+    def _resident_batches(self, tensors: tuple[torch.Tensor, ...]) -> Iterator[list[torch.Tensor]]:
+        """The sampler's batches, cut from `tensors` with one index copy per epoch."""
+        assert isinstance(self.sampler, EpochBatches)
+        order = self.sampler.epoch_order().to(tensors[0].device)
+        for index in order.split(self.sampler.batch_size):
+            yield [tensor.index_select(0, index) for tensor in tensors]
+
+
+# An in-memory dataset is copied to a GPU when all its tensors take at most this fraction of the
+# GPU's free memory (the rest is for the model, its activations and the optimizer).
+RESIDENT_FRACTION = 0.25
+_resident_copies: "weakref.WeakKeyDictionary[Dataset, dict[torch.device, tuple[torch.Tensor, ...]]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def resident_tensors(dataset: Dataset, device: torch.device, num_workers: int) -> tuple[torch.Tensor, ...] | None:
+    """The tensors of `dataset` on `device`, when batches can be indexed there: a TensorDataset,
+    no worker processes asked for, and, on a GPU, tensors within RESIDENT_FRACTION of its free
+    memory (copied once and shared by the loaders of one dataset, e.g. training and held-out
+    validation). On the CPU the tensors themselves. None otherwise: the loader then fetches
+    batches on the host (pinned, on a GPU machine) and the trainer copies each ahead of use."""
+    if not isinstance(dataset, TensorDataset) or num_workers > 0:
+        return None
+    if device.type == "cpu":
+        return tuple(dataset.tensors)
+    copies = _resident_copies.setdefault(dataset, {})
+    if device not in copies:
+        size = sum(tensor.nbytes for tensor in dataset.tensors)
+        if device.type != "cuda" or size > RESIDENT_FRACTION * torch.cuda.mem_get_info(device)[0]:
+            return None
+        copies[device] = tuple(tensor.to(device) for tensor in dataset.tensors)
+    return copies[device]
 
 
 class BaseDataLoader(StopSafeDataLoader):

@@ -9,7 +9,7 @@ exact resume, SIGTERM safety, DDP, mixed precision and accumulation without know
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from utils.checkpoint import (
     CheckpointSaver,
     Progress,
 )
-from utils.device import move_to, wrap_model
+from utils.device import keep_on_device, move_to, wrap_model
 from utils.errors import TrainingInterrupted
 from utils.lr_schedule import check_step_budget, scheduler_interval, step_scheduler
 from utils.monitor import Monitor
@@ -59,6 +59,8 @@ class BaseTrainer(CheckpointedRun):
         self.criterion, self.metric_fns = criterion, metric_fns
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.data_loader, self.valid_data_loader = data_loader, valid_data_loader
+        for loader in (data_loader, valid_data_loader):
+            keep_on_device(loader, device)
         self.is_main = distributed.is_main()  # the one process that logs and writes files
         self.show_progress = options["verbosity"] >= 1 and self.is_main
         self.scheduler_interval = scheduler_interval(config.config)  # 'epoch', 'step' or None
@@ -176,9 +178,9 @@ class BaseTrainer(CheckpointedRun):
         self._begin_epoch(skip, total)
         self.model.train()
         with self._bar(self.data_loader, f"epoch {epoch}/{self.epochs} train", skip) as bar:
-            for batch in bar:
+            for batch in self._on_device(bar, self.data_loader, epoch, skip):
                 step = self.stepper.is_due(self.progress.batches_done + 1, total)
-                self._train_batch(move_to(batch, self.device), step)
+                self._train_batch(batch, step)
                 self.progress.batches_done += 1
                 if step and self._at_step_boundary(epoch):
                     return None
@@ -210,25 +212,27 @@ class BaseTrainer(CheckpointedRun):
         under DDP processes hold different numbers of batches, so no agreement is possible)."""
         assert self.valid_data_loader is not None
         return self._measure(self.valid_data_loader, f"epoch {epoch}/{self.epochs} valid",
-                             stoppable=not distributed.active())
+                             stoppable=not distributed.active(), epoch=epoch)
 
     def evaluate(self, loader: DataLoader) -> dict[str, float]:
         """Loss and every metric over `loader` through `valid_step` (sample-weighted averages):
         what test.py reports. Writes nothing."""
+        keep_on_device(loader, self.device)
         result = self._measure(loader, "test", stoppable=False)
         assert result is not None
         return result
 
     @torch.no_grad()
-    def _measure(self, loader: DataLoader, description: str, stoppable: bool) -> dict[str, float] | None:
+    def _measure(self, loader: DataLoader, description: str, stoppable: bool,
+                 epoch: int = 0) -> dict[str, float] | None:
         """Run `valid_step` over `loader` and average its metrics; None when `stoppable` and a
         signal arrived (the batches are then measured again on resume)."""
         self.raw_model.eval()
         self.valid_metrics.reset()
         with self._bar(loader, description) as bar:
-            for batch in bar:
+            for batch in self._on_device(bar, loader, epoch):
                 with self.stepper.autocast():
-                    loss, output, target = self.valid_step(move_to(batch, self.device))
+                    loss, output, target = self.valid_step(batch)
                 self._update_metrics(self.valid_metrics, loss, output, target)
                 if stoppable and stop_request.signal_number is not None:
                     self.stop_signal = stop_request.signal_number
@@ -243,6 +247,21 @@ class BaseTrainer(CheckpointedRun):
         with torch.no_grad():
             for fn in self.metric_fns:
                 tracker.update(fn.__name__, fn(output, target), n)
+
+    def _on_device(self, batches: Iterable[Batch], loader: DataLoader, epoch: int, first: int = 0) -> Iterator[Batch]:
+        """`batches` (of `loader`, the first being its batch number `first` of `epoch`) on the
+        device, through the loader's `device_transform` if it has one. Each batch's copy to the
+        device is started (asynchronously from pinned memory) before the previous batch is
+        handed on, so that it overlaps that batch's computation."""
+        transform = getattr(loader, "device_transform", None)
+        ready = None
+        for index, batch in enumerate(batches, start=first):
+            moved = move_to(batch, self.device)
+            if ready is not None:
+                yield ready
+            ready = moved if transform is None else transform(moved, epoch, index)
+        if ready is not None:
+            yield ready
 
     def _bar(self, loader: DataLoader, description: str, done: int = 0) -> tqdm:
         """A progress bar over `loader`, which serves what is left after `done` batches."""
@@ -278,13 +297,14 @@ class BaseTrainer(CheckpointedRun):
         everything fits together; returns their metrics. Writes nothing."""
         self.model.train()
         self.train_metrics.reset()
-        self._train_batch(move_to(next(iter(self.data_loader)), self.device), step=True)
+        self._train_batch(next(self._on_device(self.data_loader, self.data_loader, 1)), step=True)
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
             self.raw_model.eval()
             self.valid_metrics.reset()
             with torch.no_grad(), self.stepper.autocast():
-                loss, output, target = self.valid_step(move_to(next(iter(self.valid_data_loader)), self.device))
+                loss, output, target = self.valid_step(next(self._on_device(self.valid_data_loader,
+                                                                            self.valid_data_loader, 1)))
             self._update_metrics(self.valid_metrics, loss, output, target)
             log.update({f"val_{key}": value for key, value in self.valid_metrics.result().items()})
         return log

@@ -60,3 +60,10 @@ def move_to(batch: Any, device: torch.device) -> Any:
         moved = [move_to(value, device) for value in batch]
         return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
     return batch
+
+
+def keep_on_device(loader: Any, device: torch.device) -> None:
+    """Let `loader` serve its batches from the device when it can (BaseDataLoader's in-memory
+    datasets: see base/base_data_loader.py); other loaders are left as they are."""
+    if hasattr(loader, "keep_on"):
+        loader.keep_on(device)

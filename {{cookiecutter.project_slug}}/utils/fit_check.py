@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.device import move_to
 from utils.errors import InputError
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -44,6 +45,9 @@ def check_model_fits_data(
         return
     with rng_preserved(device):  # a random transform of the sample, or the model, may draw from them
         batch = sample_batch()
+        transform = getattr(data_loader, "device_transform", None)  # e.g. uint8 images to normalised floats
+        if transform is not None:
+            batch = transform(move_to(batch, device), 1, 0)
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2
                 and all(isinstance(part, torch.Tensor) for part in batch)):
             return
