@@ -125,7 +125,9 @@ class StopSafeDataLoader(DataLoader):
         """The sampler's batches, cut from `tensors` with one index copy per epoch."""
         assert isinstance(self.sampler, EpochBatches)
         order = self.sampler.epoch_order().to(tensors[0].device)
-        for index in order.split(self.sampler.batch_size):
+        size = self.sampler.batch_size
+        for start in range(0, len(order), size):
+            index = order[start : start + size]
             yield [tensor.index_select(0, index) for tensor in tensors]
 
 

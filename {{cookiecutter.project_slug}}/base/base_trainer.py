@@ -32,13 +32,13 @@ from utils.lr_schedule import check_step_budget, scheduler_interval, step_schedu
 from utils.monitor import Monitor
 from utils.optimizer_step import OptimizerStep
 from utils.signals import stop_request
-from utils.tracker import MetricTracker
+from utils.tracker import RECENT_BATCHES, MetricTracker
 
 logger = logging.getLogger("trainer")
 
-# Reading the running loss (for the bar) or the NaN flag synchronises with the device: done
-# every this many batches, not every batch.
-CHECK_EVERY_BATCHES = 20
+# Reading the running loss (for the bar) or the recent losses (the NaN check) synchronises with
+# the device: done every this many batches, not every batch (the tracker keeps that many).
+CHECK_EVERY_BATCHES = RECENT_BATCHES
 
 Batch = Any  # what the data loader yields: (data, target), a dict, ... (on the device)
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (loss, output, target)
@@ -83,7 +83,7 @@ class BaseTrainer(CheckpointedRun):
         self.resumed_with = ""  # the config changes a resume applied, for the log
         self.start_note = ""  # what a fine-tuned run starts from, for the log
         self._saver: CheckpointSaver | None = None
-        self._nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)  # first batch with a bad loss
+        self.tracked_from = 0  # the batch of the epoch after which train_metrics started counting
 
     # ------------------------------------------------------------------ what a trainer writes
     def train_step(self, batch: Batch) -> StepResult:
@@ -148,7 +148,7 @@ class BaseTrainer(CheckpointedRun):
             if self.stop_requested:
                 logger.info("Stopping after epoch %d, as asked by on_epoch_end.", epoch)
                 break
-            if epoch < self.epochs and self.poll()[0]:
+            if epoch < self.epochs and self.poll(agree=True)[0]:
                 self._stop(run_dir / "latest.pth", f"at the end of epoch {epoch}")
         return log
 
@@ -194,7 +194,6 @@ class BaseTrainer(CheckpointedRun):
     def _train_batch(self, batch: Batch, step: bool) -> None:
         with self.stepper.autocast():
             loss, output, target = self.train_step(batch)
-        self._track_loss(loss)
         self.stepper.backward(loss, step)
         if step:
             self.progress.global_step += 1
@@ -242,11 +241,8 @@ class BaseTrainer(CheckpointedRun):
 
     def _update_metrics(self, tracker: MetricTracker, loss: torch.Tensor, output: torch.Tensor,
                         target: torch.Tensor) -> None:
-        n = target.size(0)
-        tracker.update("loss", loss, n)
         with torch.no_grad():
-            for fn in self.metric_fns:
-                tracker.update(fn.__name__, fn(output, target), n)
+            tracker.update_batch([loss, *(fn(output, target) for fn in self.metric_fns)], target.size(0))
 
     def _on_device(self, batches: Iterable[Batch], loader: DataLoader, epoch: int, first: int = 0) -> Iterator[Batch]:
         """`batches` (of `loader`, the first being its batch number `first` of `epoch`) on the
@@ -279,7 +275,7 @@ class BaseTrainer(CheckpointedRun):
         resumed = self._resumed_metrics() if skip else None
         if resumed is not None:
             self.train_metrics.load_state(resumed, self.device)
-        self._nonfinite_at = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.tracked_from = skip
 
     def _resumed_metrics(self) -> dict[str, Any] | None:
         """This process's share of the saved running metrics: its own when the number of

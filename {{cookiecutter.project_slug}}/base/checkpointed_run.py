@@ -19,36 +19,42 @@ from utils.signals import stop_request
 
 logger = logging.getLogger("trainer")
 
+# Under DDP the ranks agree whether to stop (a signal) every this many optimizer steps: a
+# signal stops training at most this many steps later, and the other steps need no collective
+# operation (a single process reads its own signal at every step).
+AGREE_EVERY_STEPS = 10
+
 
 class CheckpointedRun:
     """Methods of BaseTrainer that save, restore and guard the run; they read the trainer's
     attributes (`config`, `progress`, `monitor`, `stepper`, the model, optimizer and loaders)."""
 
-    def poll(self) -> tuple[bool, bool]:
-        """At an optimizer-step boundary: (stop now, save the position now), agreed by every DDP
-        rank (a signal may reach only some of them, and their clocks differ)."""
-        signal_number = stop_request.signal_number or 0
-        save_due = self.saving.due(self.progress.global_step)
-        signal_number, save_due = distributed.max_across_ranks([signal_number, int(save_due)], self.device)
+    def poll(self, agree: bool = False) -> tuple[bool, bool]:
+        """At an optimizer-step boundary: (stop now, save the position now), the same on every
+        DDP rank. A save every N steps needs no agreement; a signal (which may reach only some
+        ranks) and a save every N minutes (their clocks differ) are agreed by one all-reduce
+        every AGREE_EVERY_STEPS steps, or now with `agree` (every rank must pass it alike)."""
+        step = self.progress.global_step
+        steps_due = self.saving.steps_due(step)
+        if distributed.active() and not agree and step % AGREE_EVERY_STEPS:
+            return False, steps_due
+        signal_number, time_due = distributed.max_across_ranks(
+            [stop_request.signal_number or 0, int(self.saving.time_due())], self.device)
         self.stop_signal = signal_number or None
-        return self.stop_signal is not None, bool(save_due)
-
-    def _track_loss(self, loss: torch.Tensor) -> None:
-        """Note (on the device, without waiting for it) the first batch of the epoch whose loss
-        is NaN or infinite; `check_finite` reads it."""
-        bad = ~torch.isfinite(loss.detach())
-        batch = self.progress.batches_done + 1
-        self._nonfinite_at = torch.where(bad & (self._nonfinite_at < 0), batch, self._nonfinite_at)
+        return self.stop_signal is not None, steps_due or bool(time_due)
 
     def check_finite(self, epoch: int, weights: bool = False) -> None:
         """Raise TrainingDiverged if a loss of this epoch was NaN or infinite (and, with
-        `weights`, if a weight is), before anything holding such weights is written. One read
-        of the device; every DDP rank calls it at the same batches."""
-        flags = [self._nonfinite_at.to(torch.long)]
+        `weights`, if a weight is), before anything holding such weights is written. Called at
+        least every RECENT_BATCHES batches (utils/tracker.py), at the same batches on every DDP
+        rank; reads the device once (twice with `weights`)."""
+        first = self.train_metrics.first_nonfinite("loss")
+        at = -1 if first is None else self.tracked_from + first + 1
+        bad_weights = 0
         if weights:
-            flags.append(torch.stack([~torch.isfinite(p).all() for p in self.raw_model.parameters()]).any().long())
-        at, *weights_bad = distributed.max_across_ranks(torch.stack(flags).tolist(), self.device)
-        if at >= 0 or any(weights_bad):
+            bad_weights = int(torch.stack([~torch.isfinite(p).all() for p in self.raw_model.parameters()]).any())
+        at, bad_weights = distributed.max_across_ranks([at, bad_weights], self.device)
+        if at >= 0 or bad_weights:
             raise TrainingDiverged(epoch, at if at >= 0 else self.progress.batches_done, self.batches_in_epoch,
                                    self.last_checkpoint)
 
@@ -180,6 +186,8 @@ class SaveSchedule:
     def saved(self, global_step: int) -> None:
         self.last_time, self.last_step = time.monotonic(), global_step
 
-    def due(self, global_step: int) -> bool:
-        return bool((self.every_steps is not None and global_step - self.last_step >= self.every_steps)
-                    or (self.every_seconds is not None and time.monotonic() - self.last_time >= self.every_seconds))
+    def steps_due(self, global_step: int) -> bool:
+        return self.every_steps is not None and global_step - self.last_step >= self.every_steps
+
+    def time_due(self) -> bool:
+        return self.every_seconds is not None and time.monotonic() - self.last_time >= self.every_seconds

@@ -84,3 +84,65 @@ def test_images_are_normalised_tensors(mnist_dir: Path) -> None:
 def test_bad_validation_split_is_refused(mnist_dir: Path, split: object, message: str) -> None:
     with pytest.raises(InputError, match=message):
         MnistDataLoader(str(mnist_dir), batch_size=32, validation_split=split)  # type: ignore[arg-type]
+
+
+def batches_of(loader: Any, epoch: int, skip: int = 0) -> list[list[torch.Tensor]]:
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch, skip)
+    else:
+        loader.sampler.set_epoch(epoch, skip)
+    return [[part.cpu() for part in batch] for batch in loader]
+
+
+def assert_same_batches(expected: list[list[torch.Tensor]], actual: list[list[torch.Tensor]]) -> None:
+    assert len(expected) == len(actual)
+    for batch, other in zip(expected, actual, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(batch, other, strict=True))
+
+
+def resident_and_host_loaders(mnist_dir: Path, device: torch.device, **ddp: int) -> tuple[Any, Any]:
+    """Two MnistDataLoaders with the same seed, the first serving from `device` (keep_on)."""
+    loaders = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        loaders.append(MnistDataLoader(str(mnist_dir), batch_size=48, validation_split=0.1))
+    resident, host = loaders
+    if ddp:  # a rank's share of the order, as under torchrun
+        for loader in loaders:
+            loader.batches.rank, loader.batches.world_size = ddp["rank"], ddp["world_size"]
+    assert resident.keep_on(device) and host.resident is None
+    return resident, host
+
+
+@pytest.mark.parametrize("ddp", [{}, {"rank": 1, "world_size": 3}])
+def test_batches_indexed_in_memory_equal_the_data_loaders_batches(mnist_dir: Path, ddp: dict[str, int]) -> None:
+    resident, host = resident_and_host_loaders(mnist_dir, torch.device("cpu"), **ddp)
+    for epoch, skip in ((1, 0), (2, 0), (2, 1), (3, 2)):  # a new order every epoch; a resume skips batches
+        expected = batches_of(host, epoch, skip)
+        assert len(expected) == len(host) and expected
+        assert_same_batches(expected, batches_of(resident, epoch, skip))
+    assert batches_of(resident, 1, resident.batches_per_epoch()) == []  # an epoch resumed after its last batch
+    valid_resident, valid_host = resident.split_validation(), host.split_validation()
+    assert valid_resident.keep_on(torch.device("cpu"))
+    assert_same_batches(batches_of(valid_host, 1), batches_of(valid_resident, 1))
+
+
+def test_a_loader_with_workers_or_a_dataset_of_files_stays_on_the_host(mnist_dir: Path) -> None:
+    tensors = MnistDataLoader(str(mnist_dir), batch_size=32).dataset
+    with_workers = BaseDataLoader(tensors, batch_size=32, shuffle=True, validation_split=0.0, num_workers=1)
+    sample_by_sample = BaseDataLoader(SampleBySample(tensors), batch_size=32, shuffle=True, validation_split=0.0,
+                                      num_workers=0)
+    assert not with_workers.keep_on(torch.device("cpu")) and not sample_by_sample.keep_on(torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batches_kept_on_the_gpu_equal_the_host_batches(mnist_dir: Path) -> None:
+    device = torch.device("cuda", 0)
+    resident, host = resident_and_host_loaders(mnist_dir, device)
+    assert resident.resident[0].device == device
+    loader = next(iter(resident))
+    assert all(part.device == device for part in loader)
+    for epoch, skip in ((1, 0), (2, 4)):
+        assert_same_batches(batches_of(host, epoch, skip), batches_of(resident, epoch, skip))
+    validation = resident.split_validation()
+    assert validation.keep_on(device) and validation.resident[0].data_ptr() == resident.resident[0].data_ptr()

@@ -4,6 +4,7 @@ checkpoint files on disk agree after a kill between writes; `trainer.save_every_
 position inside an epoch, and resuming from it is exact; schedulers step per optimizer step."""
 
 import json
+import math
 import signal
 import warnings
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import utils.checkpoint
 from parse_config import ConfigParser
 from trainer import Trainer
 from utils.errors import TrainingDiverged, TrainingInterrupted
+from utils.tracker import RECENT_BATCHES, MetricTracker
 
 ConfigFactory = Callable[..., dict[str, Any]]
 BATCHES = 12  # per epoch: 360 training images of the synthetic data at batch 32
@@ -220,3 +222,32 @@ def test_resuming_after_a_stop_in_validation_warns_nothing(
         warnings.simplefilter("always")
         assert train.main(["-r", str(run_dir(tmp_path, "stopped") / "latest.pth")]) == 0
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_the_tracker_sums_every_batch_and_finds_the_first_nan_among_the_recent_ones() -> None:
+    tracker = MetricTracker("loss", "accuracy")
+    losses = [0.25 * i for i in range(45)]
+    for index, loss in enumerate(losses):
+        value = float("nan") if index in (31, 38) else loss
+        tracker.update_batch([torch.tensor(value), torch.tensor(0.5)], n=4)
+        if index == 29:
+            assert tracker.first_nonfinite("loss") is None
+            assert tracker.average("loss") == pytest.approx(sum(losses[:30]) / 30)
+    assert tracker.updates == 45 and tracker.first_nonfinite("loss") == 31  # not 38, the later one
+    assert tracker.first_nonfinite("accuracy") is None
+    result = tracker.result()
+    assert math.isnan(result["loss"]) and result["accuracy"] == 0.5
+    state = tracker.state()
+    assert state["counts"] == {"loss": 180, "accuracy": 180} and float(state["sums"]["accuracy"]) == 90.0
+    again = MetricTracker("loss", "accuracy")
+    again.load_state(state, torch.device("cpu"))
+    assert again.result()["accuracy"] == 0.5 and again.first_nonfinite("loss") is None  # the rows are not saved
+
+
+def test_a_nan_older_than_the_recent_batches_is_no_longer_reported() -> None:
+    tracker = MetricTracker("loss")
+    tracker.update_batch([torch.tensor(float("inf"))], n=1)
+    assert tracker.first_nonfinite("loss") == 0
+    for _ in range(RECENT_BATCHES):  # the trainer checks at least this often: the row is checked before it goes
+        tracker.update_batch([torch.tensor(1.0)], n=1)
+    assert tracker.first_nonfinite("loss") is None

@@ -10,7 +10,10 @@ import torch
 
 import train
 from base.base_data_loader import EpochBatches
+from base.checkpointed_run import AGREE_EVERY_STEPS, CheckpointedRun, SaveSchedule
 from parse_config import ConfigParser
+from utils import distributed
+from utils.checkpoint import Progress
 
 ConfigFactory = Callable[..., dict[str, Any]]
 
@@ -65,3 +68,31 @@ def test_ddp_shards_give_every_rank_the_same_number_of_steps(n_samples: int) -> 
     shards = [EpochBatches(list(range(101)), 10, shuffle=False, seed=0, rank=r, world_size=2, pad=False)
               for r in range(2)]
     assert sorted(index for shard in shards for batch in shard for index in batch) == list(range(101))
+
+
+def test_ddp_ranks_agree_on_a_stop_every_few_steps_and_save_by_steps_without_agreeing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    collectives = []
+
+    def max_across_ranks(values: list[int], device: torch.device) -> list[int]:
+        collectives.append(run.progress.global_step)
+        return values
+
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "max_across_ranks", max_across_ranks)
+    run = CheckpointedRun()
+    run.progress, run.device = Progress(), torch.device("cpu")
+    run.saving = SaveSchedule(every_steps=7, every_minutes=None)
+    saves = []
+    for step in range(1, 26):
+        run.progress.global_step = step
+        stop, save = run.poll()
+        assert not stop
+        if save:
+            saves.append(step)
+            run.saving.saved(step)
+    assert collectives == [AGREE_EVERY_STEPS, 2 * AGREE_EVERY_STEPS]  # one all-reduce per AGREE_EVERY_STEPS steps
+    assert saves == [7, 14, 21]  # every rank counts the same steps: no agreement needed
+    run.poll(agree=True)  # at the end of an epoch: every rank agrees whatever the step
+    assert collectives[-1] == 25
