@@ -170,6 +170,11 @@ SCHEMA: dict[str, Key] = {
                                        "their gradients", default=1, check=_at_least(1)),
         "clip_grad_norm": Key((int, float, type(None)), "clip the gradient norm to this value; null for no "
                               "clipping", default=None, check=lambda v: None if v is None or v > 0 else "must be > 0"),
+        "compile": Key((bool,), "compile the model with `torch.compile` (needs a C++ compiler on the CPU, Triton on "
+                       "a GPU); checkpoints are unchanged and load without it", default=False),
+        "deterministic": Key((bool,), "deterministic algorithms and cuDNN settings, so that a resumed GPU run equals "
+                             "a straight one bitwise (slower on GPUs; CPU runs are reproducible either way)",
+                             default=False),
     }),
 }
 

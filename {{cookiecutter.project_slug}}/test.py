@@ -29,7 +29,7 @@ def evaluate(config: ConfigParser) -> dict[str, float]:
         raise InputError("no checkpoint: give the checkpoint to evaluate with -r")
     checkpoint = load_checkpoint(config.resume_path)
     setup_logging(config["trainer"]["verbosity"])
-    device, _ = setup_device(config["n_gpu"])
+    device, _ = setup_device(config["n_gpu"], config["trainer"]["deterministic"])
     data_loader = build_test_loader(config, checkpoint)
     model = config.init_obj("arch", module_arch, torch.nn.Module)
     load_weights(model, checkpoint, config["arch"]["type"], config.resume_path)

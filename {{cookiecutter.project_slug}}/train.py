@@ -40,7 +40,8 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     config describes, restored from `-r` when given. Every input mistake surfaces here as an
     InputError; nothing is written."""
     setup_logging(config["trainer"]["verbosity"] if distributed.is_main() else 0)  # other ranks: warnings only
-    device, device_ids = setup_device(config["n_gpu"])  # after the logging setup: its warnings go to stdout
+    # after the logging setup: its warnings go to stdout
+    device, device_ids = setup_device(config["n_gpu"], config["trainer"]["deterministic"])
     seed = config["trainer"]["seed"]
     if seed is not None:
         seed_everything(seed)  # the same on every rank: the same initial model

@@ -26,7 +26,7 @@ from utils.checkpoint import (
     CheckpointSaver,
     Progress,
 )
-from utils.device import keep_on_device, move_to, wrap_model
+from utils.device import compile_model, keep_on_device, move_to, wrap_model
 from utils.errors import TrainingInterrupted
 from utils.lr_schedule import check_step_budget, scheduler_interval, step_scheduler
 from utils.monitor import Monitor
@@ -55,6 +55,8 @@ class BaseTrainer(CheckpointedRun):
         options = config["trainer"]
         self.config, self.device, self.epochs = config, device, options["epochs"]
         self.raw_model = model  # the module itself: validate and save through this one
+        if options["compile"]:
+            compile_model(model, device)  # in place: raw_model and the wrapper below run compiled
         self.model = wrap_model(model, device, device_ids)  # train through this one (DDP, DataParallel)
         self.criterion, self.metric_fns = criterion, metric_fns
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler

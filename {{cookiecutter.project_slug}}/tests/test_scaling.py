@@ -1,6 +1,7 @@
 """Gradient accumulation, mixed precision on the CPU, and the batch arithmetic DDP relies on."""
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from base.checkpointed_run import AGREE_EVERY_STEPS, CheckpointedRun, SaveSchedu
 from parse_config import ConfigParser
 from utils import distributed
 from utils.checkpoint import Progress
+from utils.device import set_deterministic
 
 ConfigFactory = Callable[..., dict[str, Any]]
 
@@ -96,3 +98,18 @@ def test_ddp_ranks_agree_on_a_stop_every_few_steps_and_save_by_steps_without_agr
     assert saves == [7, 14, 21]  # every rank counts the same steps: no agreement needed
     run.poll(agree=True)  # at the end of an epoch: every rank agrees whatever the step
     assert collectives[-1] == 25
+
+
+def test_deterministic_training_sets_the_flags_and_trains_on_the_cpu(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # restored after the test
+    try:
+        log = train.train(ConfigParser(make_config(trainer__epochs=1, trainer__deterministic=True)))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert math.isfinite(log["val_loss"])
+    finally:
+        set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -2,20 +2,24 @@
 model and the batches get there."""
 
 import logging
+import os
 from typing import Any
 
 import torch
 from torch import nn
 
 from utils import distributed
+from utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 
-def setup_device(n_gpu: int) -> tuple[torch.device, list[int]]:
+def setup_device(n_gpu: int, deterministic: bool = False) -> tuple[torch.device, list[int]]:
     """The device this process computes on, and the GPU ids for DataParallel (empty unless
     `n_gpu` > 1 in a single process). Under torchrun: joins the process group, one device per
-    process; otherwise `n_gpu` GPUs, or the CPU. train.py and test.py both start here."""
+    process; otherwise `n_gpu` GPUs, or the CPU. train.py and test.py both start here.
+    `deterministic`: see `set_deterministic`."""
+    set_deterministic(deterministic)
     ddp_device = distributed.init_distributed()  # None unless launched by torchrun
     if ddp_device is not None:
         return ddp_device, []
@@ -67,3 +71,47 @@ def keep_on_device(loader: Any, device: torch.device) -> None:
     datasets: see base/base_data_loader.py); other loaders are left as they are."""
     if hasattr(loader, "keep_on"):
         loader.keep_on(device)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """`trainer.deterministic`: only deterministic algorithms (an operation that has none
+    raises), cuDNN's deterministic convolutions without benchmarking, and cuBLAS's
+    deterministic workspace, so that a resumed GPU run can equal a straight one bitwise.
+    Off: PyTorch's defaults (on the CPU, runs are reproducible either way)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: set before
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    if enabled:
+        torch.backends.cudnn.benchmark = False
+
+
+def compile_model(model: nn.Module, device: torch.device) -> None:
+    """`trainer.compile`: compile `model`'s forward with torch.compile, in place, so that its
+    parameter names (and so the checkpoints) stay those of the plain model. An InputError
+    names what is missing where this platform cannot compile."""
+    reason = cannot_compile(device)
+    if reason is not None:
+        raise InputError(f"config: 'trainer.compile': torch.compile cannot run here: {reason}; "
+                         "set trainer.compile to false")
+    model.compile()
+
+
+def cannot_compile(device: torch.device) -> str | None:
+    """Why torch.compile's default backend cannot compile for `device` here; None if it can."""
+    import torch._dynamo  # only when asked for: importing the compiler takes a while
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "this Python or platform is not supported by TorchDynamo"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton, which it needs on a GPU, is not installed"
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # noqa: BLE001  (its own error class differs between versions)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"no C++ compiler for the CPU ({first_line})"
+    return None

@@ -19,6 +19,7 @@ TAKEN_AS_GIVEN = {
     "trainer.epochs", "trainer.early_stop", "trainer.save_period", "trainer.keep_last", "trainer.verbosity",
     "trainer.save_every_minutes", "trainer.save_every_steps", "trainer.tensorboard",
     "n_gpu", "data_loader.args.num_workers",  # where it runs and how fast it loads, not what it computes
+    "trainer.compile", "trainer.deterministic",
     "metrics",  # what is measured, not what is trained: a new metric becomes a new metrics.csv column
 }
 # Schedulers that fix their whole schedule when built: their arguments cannot change mid-run.
