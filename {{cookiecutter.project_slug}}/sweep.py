@@ -56,7 +56,7 @@ def sweep(argv: list[str] | None = None) -> Sweep:
 
 
 def main(argv: list[str] | None = None) -> int:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is reported by the sweep itself
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is reported by the sweep itself
     logging.getLogger("optuna").propagate = False
     try:
         with stop_request.listening():  # a signal stops the running trial as it stops a run

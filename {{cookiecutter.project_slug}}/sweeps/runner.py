@@ -67,7 +67,7 @@ class Sweep:
     def _one_trial(self, study: optuna.Study) -> None:
         try:  # a diverged trial is a failed one; the sweep goes on
             study.optimize(self._objective, n_trials=1, catch=(TrainingDiverged,))
-        except TrainingInterrupted as exc:
+        except TrainingInterrupted:
             assert self._trial is not None  # failed by optimize, with the attributes set below
             frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == self._trial.number)
             enqueue_retry(study, frozen, frozen.user_attrs.get(RESUME_FROM))
@@ -102,6 +102,10 @@ class Sweep:
             config = new_trial_config(self.base, values, self.folder, number)
         try:
             return run_trial(config, trial)
+        except TrainingDiverged as exc:
+            if distributed.is_main():
+                print(f"trial {number} failed: {exc}", flush=True)
+            raise
         except TrainingInterrupted as exc:
             if trial is not None and exc.checkpoint is not None:
                 trial.set_user_attr(RESUME_FROM, str(Path(exc.checkpoint).resolve()))

@@ -6,6 +6,7 @@ next trial any process of the study takes is that one."""
 
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from sweeps.spec import SweepSpec
 from utils.checkpoint import _write_atomic as write_atomic  # the one atomic writer of run files
@@ -25,6 +26,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what `--trials N` counts
 # User attributes of a trial: its run folder; for a retry, the checkpoint it resumes (None: the
 # parameters start anew) and the number of the trial it continues.
 RUN_DIR, RESUME_FROM, RETRY_OF = "run_dir", "resume_from", "retry_of"
+OPEN_ATTEMPTS = 4  # a database that does not open is tried again, after 1, 2 and 3 seconds
 
 
 def study_folder(config: dict[str, Any], study: str) -> Path:
@@ -51,15 +53,26 @@ def open_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorag
     if sqlite:
         Path(make_url(url).database or ".").parent.mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                              grace_period=2 * heartbeat_interval,
-                                              heartbeat_stale_trial_callback=retry_dead_trial)
-    except (SQLAlchemyError, ValueError, ImportError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"--storage '{shown_url(url)}': cannot open it ({reason})") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                                  grace_period=2 * heartbeat_interval,
+                                                  heartbeat_stale_trial_callback=retry_dead_trial)
+        except SQLAlchemyError as exc:  # also two processes creating a new database's tables at once
+            if attempt + 1 == OPEN_ATTEMPTS or isinstance(exc, NoSuchModuleError | ArgumentError):
+                raise InputError(f"--storage '{shown_url(url)}': cannot open it ({first_line(exc)})") from None
+            time.sleep(1 + attempt)
+        except (ValueError, ImportError, OSError) as exc:
+            raise InputError(f"--storage '{shown_url(url)}': cannot open it ({first_line(exc)})") from None
+    raise AssertionError("unreachable")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, and of its cause's (e.g. the missing driver's name)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{text}: {first_line(exc.__cause__)}" if exc.__cause__ is not None else text
 
 
 def open_study(spec: SweepSpec, storage: optuna.storages.RDBStorage) -> optuna.Study:
