@@ -18,6 +18,7 @@ LICENSE = "{{ cookiecutter.license }}"
 DATASET = "{{ cookiecutter.dataset }}"
 TENSORBOARD = "{{ cookiecutter.tensorboard }}" == "yes"
 GITHUB_ACTIONS = "{{ cookiecutter.github_actions }}" == "yes"
+SWEEPS = "{{ cookiecutter.sweeps }}" == "yes"
 
 # (condition, paths relative to the generated project to delete when the condition holds)
 REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
@@ -25,6 +26,7 @@ REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
     (not TENSORBOARD, ("logger/visualization.py",)),
     (TENSORBOARD, ("logger/__init__.no_tensorboard.py",)),
     (not GITHUB_ACTIONS, (".github",)),
+    (not SWEEPS, ("sweep.py", "sweep.json", "sweeps", "tests/test_sweep.py")),
     (
         DATASET != "image_folder",
         (

@@ -42,6 +42,13 @@ EXPECTED_FILES = {
     "requirements-dev.txt",
     "test.py",
     "train.py",
+    "sweep.py",
+    "sweep.json",
+    "sweeps/__init__.py",
+    "sweeps/runner.py",
+    "sweeps/spec.py",
+    "sweeps/study.py",
+    "sweeps/trial.py",
     "base/__init__.py",
     "base/base_data_loader.py",
     "base/base_model.py",
@@ -91,9 +98,13 @@ EXPECTED_FILES = {
     "tests/test_run_files.py",
     "tests/test_safety.py",
     "tests/test_scaling.py",
+    "tests/test_sweep.py",
     "tests/test_training.py",
     ".github/workflows/tests.yml",
 }
+
+# What sweeps=no leaves out (README.md and requirements.txt lose their sweep parts).
+SWEEP_FILES = {name for name in EXPECTED_FILES if name.startswith(("sweep", "tests/test_sweep"))}
 
 
 def expected_files(answers: dict[str, str]) -> set[str]:
@@ -105,6 +116,8 @@ def expected_files(answers: dict[str, str]) -> set[str]:
         files.discard("logger/visualization.py")
     if answers.get("github_actions") == "no":
         files.discard(".github/workflows/tests.yml")
+    if answers.get("sweeps") == "no":
+        files -= SWEEP_FILES
     if answers.get("dataset") == "image_folder":
         files |= {"data_loader/image_folder.py", "config_mnist.json", "tests/test_image_folder.py"}
     return files

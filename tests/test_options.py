@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import DEFAULTS, EXPECTED_FILES, Render, expected_files, files_of, run_python
+from conftest import DEFAULTS, EXPECTED_FILES, SWEEP_FILES, Render, expected_files, files_of, run_python
 
 pytestmark = pytest.mark.slow
 
-OPTIONS = ("dataset", "tensorboard", "github_actions", "license")
+OPTIONS = ("dataset", "tensorboard", "github_actions", "license", "sweeps")
 ONE_AT_A_TIME = [{option: value} for option in OPTIONS for value in DEFAULTS[option][1:]]
-ALL_NON_DEFAULT = {"dataset": "image_folder", "tensorboard": "no", "github_actions": "no", "license": "none"}
+ALL_NON_DEFAULT = {"dataset": "image_folder", "tensorboard": "no", "github_actions": "no", "license": "none",
+                   "sweeps": "no"}
 VARIANTS = [*ONE_AT_A_TIME, ALL_NON_DEFAULT]
 # The answers whose Python code, configs or requirements differ: each runs the generated suite.
 SUITE_VARIANTS = [{}, {"dataset": "image_folder"}, {"tensorboard": "no"}, ALL_NON_DEFAULT]
@@ -67,6 +68,7 @@ def test_variant_renders_the_exact_files_and_lints(rendered: Render, answers: di
         assert setup["cache-dependency-path"].split() == ["requirements.txt", "requirements-dev.txt"]
     requirements = (project / "requirements.txt").read_text()
     assert ("tensorboard" in requirements) == (answers.get("tensorboard", "yes") == "yes")
+    assert ("optuna" in requirements) == (answers.get("sweeps", "yes") == "yes")
     linted = run_python(project, "-m", "ruff", "check", "--no-cache", ".", timeout=120)
     assert linted.returncode == 0, linted.stdout[-3000:]
 
@@ -76,7 +78,7 @@ def test_variant_passes_its_own_tests(render: Render, answers: dict[str, str]) -
     run_generated_tests(render(**answers))
 
 
-NON_CODE_VARIANTS = [answers for answers in VARIANTS if answers not in SUITE_VARIANTS]
+NON_CODE_VARIANTS = [answers for answers in VARIANTS if answers not in SUITE_VARIANTS and "sweeps" not in answers]
 
 
 @pytest.mark.parametrize("answers", NON_CODE_VARIANTS, ids=[variant_id(answers) for answers in NON_CODE_VARIANTS])
@@ -90,6 +92,21 @@ def test_license_and_workflow_answers_change_no_code(render: Render, rendered: R
     for name in sorted(code):
         assert (project / name).read_bytes() == (default / name).read_bytes(), name
     run_generated_tests(render(**answers), *TESTS_OF_NOT_CODE)
+
+
+def test_sweeps_no_only_leaves_the_sweep_out(render: Render, rendered: Render) -> None:
+    """sweeps=no: the default project without sweep.py, sweeps/, sweep.json and their test, byte
+    for byte, and a README and requirements that do not mention them; the README's own test runs."""
+    project, default = rendered(sweeps="no"), rendered()
+    changed = {"README.md", "requirements.txt", ".cookiecutter.json"}
+    assert files_of(project) == EXPECTED_FILES - SWEEP_FILES
+    for name in sorted(EXPECTED_FILES - SWEEP_FILES - changed):
+        assert (project / name).read_bytes() == (default / name).read_bytes(), name
+    for name in ("README.md", "requirements.txt"):
+        text = (project / name).read_text().lower()
+        assert "sweep" not in text and "optuna" not in text, name
+        assert "optuna" in (default / name).read_text().lower(), name
+    run_generated_tests(render(sweeps="no"), *TESTS_OF_NOT_CODE)
 
 
 def test_image_folder_project_trains_on_png_folders_and_evaluates(

@@ -38,19 +38,19 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, what: str = "config") -> Any:
     """Parse a JSON file; a missing file, bad JSON or a key given twice is an InputError naming
-    the file."""
+    the file (as `what`, e.g. `config 'config.json'`)."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise InputError(f"config '{path}': cannot read it ({exc.strerror or exc})") from None
+        raise InputError(f"{what} '{path}': cannot read it ({exc.strerror or exc})") from None
     try:
         return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
-        raise InputError(f"config '{path}': invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise InputError(f"{what} '{path}': invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except DuplicateKeyError as exc:
-        raise InputError(f"config '{path}': key '{exc.key}' appears twice in one object") from None
+        raise InputError(f"{what} '{path}': key '{exc.key}' appears twice in one object") from None
 
 
 class ConfigParser:

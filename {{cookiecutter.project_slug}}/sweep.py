@@ -1,0 +1,88 @@
+"""Search hyperparameters with Optuna: python sweep.py -c config.json -s sweep.json [--trials N]
+[--storage URL] [--study NAME] [-o KEY=VALUE ...]
+
+Every trial is an ordinary run of train.py's trainer in its own run folder. The study lives in
+a SQLite file beside the runs unless --storage names a database that several processes or
+machines share; running the same command again completes the study (an interrupted trial
+first resumes from its checkpoint)."""
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+import optuna
+
+from cli import CommandLineParser, folder_name, gpu_indices, read_config, with_overrides
+from config_schema import validate
+from sweeps import Sweep, SweepStopped, read_sweep
+from utils import InputError, TrainingInterrupted, distributed
+from utils.signals import stop_request
+
+
+def command_line_parser() -> CommandLineParser:
+    parser = CommandLineParser(description="Search hyperparameters: each trial is a training run of the config.")
+    parser.add_argument("-c", "--config", default="config.json", help="config file (JSON), default config.json")
+    parser.add_argument("-s", "--sweep", default="sweep.json", help="the study and its search space, default "
+                        "sweep.json")
+    parser.add_argument("--trials", type=positive, help="finished trials (complete or pruned) the study should "
+                        "have; a rerun adds what is missing (default: sweep.json's 'trials')")
+    parser.add_argument("--storage", help="database URL of the study (e.g. postgresql://user@host/db); default: "
+                        "a SQLite file beside the runs")
+    parser.add_argument("--study", type=folder_name, help="study name (default: sweep.json's 'study')")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a config key for every trial, as in train.py (repeatable)")
+    parser.add_argument("-d", "--device", type=gpu_indices, help="GPU indices to use (sets CUDA_VISIBLE_DEVICES)")
+    return parser
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(text)
+    return int(text)
+
+
+def sweep(argv: list[str] | None = None) -> Sweep:
+    """The sweep the command line describes; every input mistake is an InputError."""
+    args = command_line_parser().parse_args(argv)
+    if args.device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.device
+    base = validate(with_overrides(read_config(Path(args.config)), args.override))
+    spec = read_sweep(Path(args.sweep), base)
+    given = {"study": args.study, "trials": args.trials}
+    spec = dataclasses.replace(spec, **{key: value for key, value in given.items() if value is not None})
+    return Sweep(spec, base, args.override, args.storage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is reported by the sweep itself
+    logging.getLogger("optuna").propagate = False
+    try:
+        with stop_request.listening():  # a signal stops the running trial as it stops a run
+            distributed.init_distributed()
+            job = sweep(argv)
+            job.run(job.spec.trials)
+    except InputError as exc:
+        if distributed.is_main():
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (TrainingInterrupted, SweepStopped) as exc:
+        if distributed.is_main():
+            report_stop(exc)
+        return 128 + exc.signal_number
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def report_stop(exc: Exception) -> None:
+    if isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None:
+        print(f"interrupted by signal {exc.signal_number}; the trial resumes from {exc.checkpoint} when the same "
+              "sweep.py command runs again", file=sys.stderr)
+    else:
+        print(exc, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

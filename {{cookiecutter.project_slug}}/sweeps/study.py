@@ -1,0 +1,138 @@
+"""The study in its storage: SQLite beside the runs by default, or any database URL that
+Optuna's RDBStorage takes (PostgreSQL, MySQL) for several machines. A trial that stopped on a
+signal, or whose process died (no heartbeat for twice `heartbeat_interval`), cannot be reopened:
+it stays failed, and the same parameters are enqueued with the checkpoint to resume from, so the
+next trial any process of the study takes is that one."""
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from sweeps.spec import SweepSpec
+from utils.checkpoint import _write_atomic as write_atomic  # the one atomic writer of run files
+from utils.errors import InputError
+
+logger = logging.getLogger("sweep")
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what `--trials N` counts
+# User attributes of a trial: its run folder; for a retry, the checkpoint it resumes (None: the
+# parameters start anew) and the number of the trial it continues.
+RUN_DIR, RESUME_FROM, RETRY_OF = "run_dir", "resume_from", "retry_of"
+OPEN_ATTEMPTS = 4  # a database that does not open is tried again, after 1, 2 and 3 seconds
+
+
+def study_folder(config: dict[str, Any], study: str) -> Path:
+    """`<save_dir>/<name>/<study>/`: the trials' run folders, the summary and the default database."""
+    return Path(config["trainer"]["save_dir"]) / config["name"] / study
+
+
+def storage_url(url: str | None, folder: Path) -> str:
+    return url if url is not None else f"sqlite:///{(folder / 'study.db').resolve()}"
+
+
+def shown_url(url: str) -> str:
+    """The URL without its password, for messages and the summary."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return url
+
+
+def open_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage with heartbeats (a dead process's trial is failed and retried); a URL
+    that does not open is an InputError naming it (without its password)."""
+    sqlite = url.startswith("sqlite")
+    if sqlite:
+        Path(make_url(url).database or ".").parent.mkdir(parents=True, exist_ok=True)
+    engine = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                                  grace_period=2 * heartbeat_interval,
+                                                  heartbeat_stale_trial_callback=retry_dead_trial)
+        except SQLAlchemyError as exc:  # also two processes creating a new database's tables at once
+            if attempt + 1 == OPEN_ATTEMPTS or isinstance(exc, NoSuchModuleError | ArgumentError):
+                raise InputError(f"--storage '{shown_url(url)}': cannot open it ({first_line(exc)})") from None
+            time.sleep(1 + attempt)
+        except (ValueError, ImportError, OSError) as exc:
+            raise InputError(f"--storage '{shown_url(url)}': cannot open it ({first_line(exc)})") from None
+    raise AssertionError("unreachable")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, and of its cause's (e.g. the missing driver's name)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{text}: {first_line(exc.__cause__)}" if exc.__cause__ is not None else text
+
+
+def open_study(spec: SweepSpec, storage: optuna.storages.RDBStorage) -> optuna.Study:
+    """Create the study, or join it. A sampler seed moves by the number of trials the study
+    already holds, so that a process joining later does not propose the same points again."""
+    try:
+        study = optuna.create_study(study_name=spec.study, storage=storage, direction=spec.direction,
+                                    sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)
+    except ValueError as exc:  # e.g. the stored study has the other direction
+        raise InputError(f"study '{spec.study}': {exc}") from None
+    if list(study.directions) != [optuna.study.StudyDirection[spec.direction.upper()]]:
+        raise InputError(f"study '{spec.study}': stored with direction {study.direction.name.lower()}, "
+                         f"the sweep asks for {spec.direction}; use another --study")
+    study.sampler = spec.make_sampler(seed_offset=len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def enqueue_retry(study: optuna.Study, trial: FrozenTrial, checkpoint: str | None) -> None:
+    """Enqueue `trial`'s parameters again, to resume from `checkpoint` (None: from the start)."""
+    study.enqueue_trial(trial.params, user_attrs={RESUME_FROM: checkpoint, RETRY_OF: trial.number})
+    logger.warning("Trial %d failed; its parameters are enqueued to %s", trial.number,
+                   f"resume from {checkpoint}" if checkpoint else "start again")
+
+
+def retry_dead_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Heartbeat callback: `trial`'s process died (kill -9, a lost machine). Its run folder's
+    `latest.pth` is where its training stands (or, when it has none, nothing was saved)."""
+    run_dir = trial.user_attrs.get(RUN_DIR)
+    checkpoint = str(Path(run_dir) / "latest.pth") if run_dir else trial.user_attrs.get(RESUME_FROM)
+    enqueue_retry(study, trial, checkpoint)
+
+
+def summary(study: optuna.Study, metric: str, url: str) -> dict[str, Any]:
+    """The study's counts and its best trial: value, parameters, run folder, model_best.pth."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    result: dict[str, Any] = {"study": study.study_name, "storage": shown_url(url), "direction":
+                              study.direction.name.lower(), "metric": metric, "trials": counts}
+    if counts["complete"]:
+        best = study.best_trial
+        run_dir = best.user_attrs.get(RUN_DIR)
+        result.update(best_trial=best.number, best_value=best.value, best_params=best.params, best_run_dir=run_dir,
+                      best_checkpoint=str(Path(run_dir) / "model_best.pth") if run_dir else None)
+    return result
+
+
+def report_summary(result: dict[str, Any], folder: Path) -> Path:
+    """Print the summary and write it to `<folder>/summary.json`; returns that path."""
+    counts = ", ".join(f"{n} {state}" for state, n in result["trials"].items() if n)
+    print(f"study {result['study']} ({result['storage']}): {counts or 'no trials'}")
+    if "best_value" in result:
+        params = ", ".join(f"{key}={value}" for key, value in result["best_params"].items())
+        print(f"best {result['metric']} {result['best_value']:.6g} in trial {result['best_trial']}: {params}")
+        print(f"best run: {result['best_run_dir']}  checkpoint: {result['best_checkpoint']}")
+    path = folder / "summary.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic((json.dumps(result, indent=4) + "\n").encode(), path)
+    print(f"summary: {path}")
+    return path

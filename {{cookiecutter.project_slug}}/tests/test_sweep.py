@@ -1,0 +1,153 @@
+"""sweep.py in-process on the synthetic data: the bad sweep files of the bad-input catalogue
+(exit status 2, one `error:` line naming the file and key, nothing created), a short study whose
+trials are ordinary runs, and what a resumed trial takes from the command line."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from test_bad_inputs import base_config, snapshot
+
+import sweep
+from parse_config import ConfigParser
+from sweeps.study import RUN_DIR
+from sweeps.trial import resumed_trial_config
+from train import train
+
+LR = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+BATCH = {"type": "categorical", "choices": [32, 64]}
+GOOD = {"study": "s", "space": {"optimizer.args.lr": LR, "data_loader.args.batch_size": BATCH}}
+
+
+def edited(**changes: Any) -> dict[str, Any]:
+    """GOOD with top-level keys changed (None removes one); `space__<key>` sets one parameter."""
+    spec = json.loads(json.dumps(GOOD))
+    for name, value in changes.items():
+        if name.startswith("space__"):
+            spec["space"][name[len("space__"):].replace("__", ".")] = value
+        elif value is None:
+            del spec[name]
+        else:
+            spec[name] = value
+    return spec
+
+
+# (id, sweep.json content (a dict, or text as it is), extra arguments, what the error line must say)
+SWEEP_CATALOGUE: list[tuple[str, Any, list[str], str]] = [
+    ("sweep-missing", None, ["-s", "nope.json"], "sweep 'nope.json': cannot read it"),
+    ("sweep-not-json", '{\n  "space": oops\n}\n', [], "sweep 'sweep.json': invalid JSON at line 2 column 12"),
+    ("sweep-duplicate-key", '{"space": {}, "space": {}}', [], "sweep 'sweep.json': key 'space' appears twice"),
+    ("sweep-a-list", "[1, 2]", [], "sweep 'sweep.json': must be a JSON object"),
+    ("unknown-key", edited(spaces={}), [], "unknown key 'spaces'; did you mean 'space'?"),
+    ("space-missing", edited(space=None), [], "missing required key 'space'"),
+    ("space-empty", edited(space={}), [], "'space' must be an object of dotted config keys"),
+    ("space-key-unknown", edited(space__optimizer__args__lrr=LR), [],
+     "'space.optimizer.args.lrr' is not a key of the config; did you mean 'optimizer.args.lr'?"),
+    ("param-type-unknown", edited(space__optimizer__args__lr={"type": "uniform", "low": 0.1, "high": 1}), [],
+     "'space.optimizer.args.lr' must be an object whose 'type' is 'float', 'int' or 'categorical'"),
+    ("param-key-misspelt", edited(space__optimizer__args__lr={"type": "float", "low": 0.1, "hihg": 1}), [],
+     "unknown key 'space.optimizer.args.lr.hihg'; did you mean 'space.optimizer.args.lr.high'?"),
+    ("range-reversed", edited(space__optimizer__args__lr={**LR, "low": 0.01, "high": 0.001}), [],
+     "'space.optimizer.args.lr': 'low' must be below 'high', got 0.01 and 0.001"),
+    ("log-from-zero", edited(space__optimizer__args__lr={**LR, "low": 0}), [], "a log scale needs 'low' > 0, got 0"),
+    ("int-fractional", edited(space__data_loader__args__batch_size={"type": "int", "low": 16.5, "high": 64}), [],
+     "'space.data_loader.args.batch_size': 'low' must be an integer, got 16.5"),
+    ("range-outside-config", edited(space__data_loader__args__batch_size={"type": "int", "low": 0, "high": 64}), [],
+     "'space.data_loader.args.batch_size' may take 0, which the config refuses: config: "
+     "'data_loader.args.batch_size' must be >= 1, got 0"),
+    ("choice-of-wrong-type", edited(space__optimizer__args__lr={"type": "categorical", "choices": [0.1, "fast"]}),
+     [], "may take 'fast', which the config refuses: config: 'optimizer.args.lr' must be a number"),
+    ("choices-empty", edited(space__data_loader__args__batch_size={"type": "categorical", "choices": []}), [],
+     "'choices' must be a non-empty list"),
+    ("choices-twice", edited(space__data_loader__args__batch_size={"type": "categorical", "choices": [32, 32]}),
+     [], "'choices' lists a value twice"),
+    ("direction-unknown", edited(direction="down"), [], "'direction' must be 'minimize' or 'maximize', got 'down'"),
+    ("direction-against-monitor", edited(direction="maximize"), [],
+     "'direction' is 'maximize' but 'trainer.monitor' is 'min val_loss'"),
+    ("monitor-off", GOOD, ["-o", "trainer.monitor=off"], "the config's 'trainer.monitor' is 'off'"),
+    ("sampler-unknown", edited(sampler={"type": "TPE"}), [], "'sampler.type' is 'TPE', not one of optuna.samplers: "),
+    ("sampler-argument-unknown", edited(sampler={"type": "TPESampler", "args": {"seeed": 1}}), [],
+     "'sampler.args' rejected by TPESampler: "),
+    ("pruner-argument-out-of-range", edited(pruner={"type": "MedianPruner", "args": {"n_startup_trials": -1}}),
+     [], "'pruner.args' rejected by MedianPruner: "),
+    ("trials-zero", edited(trials=0), [], "'trials' must be an integer >= 1, got 0"),
+    ("trials-option-zero", GOOD, ["--trials", "0"], "argument --trials: invalid positive value: '0'"),
+    ("study-not-a-folder-name", edited(study="a/b"), [], "'study' must be a folder name"),
+    ("study-option-escapes", GOOD, ["--study", ".."], "argument --study: '..' is not a folder name"),
+    ("storage-unknown-dialect", GOOD, ["--storage", "nodb://host/x"], "--storage 'nodb://host/x': cannot open it"),
+    ("override-unknown-key", GOOD, ["-o", "trainer.epoch=3"], "unknown key 'trainer.epoch'; did you mean"),
+]
+
+
+def write_workspace(root: Path, mnist_dir: Path, content: Any) -> None:
+    (root / "config.json").write_text(json.dumps(base_config(mnist_dir), indent=4))
+    if content is not None:
+        (root / "sweep.json").write_text(content if isinstance(content, str) else json.dumps(content, indent=4))
+
+
+def run_sweep(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        status = sweep.main(args)
+    except SystemExit as exit_:  # argparse usage errors
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize(("content", "args", "names"), [case[1:] for case in SWEEP_CATALOGUE],
+                         ids=[case[0] for case in SWEEP_CATALOGUE])
+def test_a_bad_sweep_gets_one_line_status_2_and_creates_nothing(
+    content: Any, args: list[str], names: str, tmp_path: Path, mnist_dir: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_workspace(tmp_path, mnist_dir, content)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path, mnist_dir)
+    status, _, err = run_sweep(["-c", "config.json", "-s", "sweep.json", *args], capsys)
+    assert status == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and names in err, err
+    assert snapshot(tmp_path, mnist_dir) == before
+
+
+def test_the_sweep_catalogue_is_distinct() -> None:
+    ids = [case[0] for case in SWEEP_CATALOGUE]
+    assert len(ids) == len(set(ids)) >= 25
+
+
+def test_a_short_study_records_ordinary_runs(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_workspace(tmp_path, mnist_dir, edited(sampler={"type": "RandomSampler", "args": {"seed": 0}}))
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_sweep(["-c", "config.json", "-s", "sweep.json", "--trials", "2"], capsys)
+    assert status == 0, err
+    folder = tmp_path / "saved" / "Mnist_LeNet" / "s"
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{folder / 'study.db'}")
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
+    for trial in study.trials:
+        run_dir = Path(trial.user_attrs[RUN_DIR])
+        assert run_dir.parent == folder.resolve()
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["optimizer"]["args"]["lr"] == trial.params["optimizer.args.lr"]
+        assert config["data_loader"]["args"]["batch_size"] == trial.params["data_loader.args.batch_size"]
+        assert trial.intermediate_values.keys() == {1}  # one epoch, reported
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["best_value"] == study.best_value and summary["trials"]["complete"] == 2
+    assert f"best val_loss {study.best_value:.6g}" in out
+
+
+def test_a_resumed_trial_takes_only_overrides_a_resume_accepts(tmp_path: Path, mnist_dir: Path) -> None:
+    config = base_config(mnist_dir)
+    config["trainer"]["save_dir"] = str(tmp_path / "saved")
+    parser = ConfigParser(config, run_id="t")
+    train(parser)
+    checkpoint = parser.run_dir / "latest.pth"
+    overrides = ["trainer.epochs=3", "data_loader.args.batch_size=32", "optimizer.args.lr=0.5", "arch.args={}"]
+    resumed = resumed_trial_config(checkpoint, overrides, swept={"optimizer.args.lr"})
+    assert resumed["trainer"]["epochs"] == 3  # accepted by a resume
+    assert resumed["data_loader"]["args"]["batch_size"] == 64  # refused by a resume: left as the run had it
+    assert resumed["optimizer"]["args"]["lr"] == config["optimizer"]["args"]["lr"]  # swept: the trial's own
+    assert resumed.resuming and resumed.resume_path == checkpoint
