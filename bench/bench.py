@@ -282,8 +282,12 @@ def read_idx(path: Path) -> Any:
     return np.fromfile(path, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def bare_worker(data_dir: str, epochs: int, device_name: str, timings_path: str | None = None) -> int:
-    """Child of "bare": a plain PyTorch training loop with one validation pass per epoch."""
+def bare_worker(
+    data_dir: str, epochs: int, device_name: str, timings_path: str | None = None, resident: bool = False
+) -> int:
+    """Child of "bare" (batches cut on the host and copied to the device one by one) and of
+    "bare-device" (`resident`: the data moved to the device once, batches cut there): a plain
+    PyTorch training loop with one validation pass per epoch."""
     import torch
     import torch.nn.functional as F
 
@@ -300,12 +304,16 @@ def bare_worker(data_dir: str, epochs: int, device_name: str, timings_path: str 
     x_valid, y_valid = images[permutation[:n_valid]], labels[permutation[:n_valid]]
     x_train, y_train = images[permutation[n_valid:]], labels[permutation[n_valid:]]
     n_train = len(x_train)
+    if resident:
+        x_train, y_train, x_valid, y_valid = (t.to(device) for t in (x_train, y_train, x_valid, y_valid))
 
     model = build_lenet().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, amsgrad=True)
     generator = torch.Generator().manual_seed(SEED)
 
     def to_device(data: Any, target: Any) -> tuple[Any, Any]:
+        if resident:
+            return data, target
         if cuda:
             data, target = data.pin_memory(), target.pin_memory()
         return data.to(device, non_blocking=cuda), target.to(device, non_blocking=cuda)
@@ -315,7 +323,7 @@ def bare_worker(data_dir: str, epochs: int, device_name: str, timings_path: str 
     for _ in range(epochs):
         start = clock()
         model.train()
-        order = torch.randperm(n_train, generator=generator)
+        order = torch.randperm(n_train, generator=generator).to(x_train.device)
         for i in range(0, n_train, BATCH_SIZE):
             index = order[i : i + BATCH_SIZE]
             data, target = x_train[index], y_train[index]
@@ -408,11 +416,12 @@ def run_ours(
     logs: Path,
     overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    run_id = f"bench-r{repeat}"
+    which = "ours-compiled" if "trainer.compile=true" in overrides else "ours"
+    run_id = f"bench-{which}-r{repeat}"
     args = ours_train_args(data_dir, epochs, run_id, overrides)
-    timings = logs / f"ours-r{repeat}.json"
+    timings = logs / f"{which}-r{repeat}.json"
     code = child_code(f"ours_worker({args!r}, {str(timings)!r})")
-    result = run_child("ours", code, project, env, logs / f"ours-r{repeat}.log", timings)
+    result = run_child(which, code, project, env, logs / f"{which}-r{repeat}.log", timings)
     metrics_csv = project / "saved" / "Mnist_LeNet" / run_id / "metrics.csv"
     rows = metrics_csv.read_text().splitlines()
     last = dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
@@ -420,10 +429,13 @@ def run_ours(
     return result
 
 
-def run_bare(data_dir: Path, epochs: int, repeat: int, device: str, env: dict[str, str], logs: Path) -> dict[str, Any]:
-    timings = logs / f"bare-r{repeat}.json"
-    code = child_code(f"bare_worker({str(data_dir)!r}, {epochs}, {device!r}, {str(timings)!r})")
-    result = run_child("bare", code, logs, env, logs / f"bare-r{repeat}.log", timings)
+def run_bare(
+    data_dir: Path, epochs: int, repeat: int, device: str, env: dict[str, str], logs: Path, resident: bool = False
+) -> dict[str, Any]:
+    which = "bare-device" if resident else "bare"
+    timings = logs / f"{which}-r{repeat}.json"
+    code = child_code(f"bare_worker({str(data_dir)!r}, {epochs}, {device!r}, {str(timings)!r}, {resident!r})")
+    result = run_child(which, code, logs, env, logs / f"{which}-r{repeat}.log", timings)
     result["val_accuracy"] = result["epochs"][-1]["val_accuracy"]
     return result
 
@@ -461,7 +473,7 @@ def median(values: list[float]) -> float:
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     summary: dict[str, dict[str, float]] = {}
-    for which in ("ours", "bare"):
+    for which in dict.fromkeys(run["which"] for run in runs):
         mine = [run for run in runs if run["which"] == which]
         epochs = [epoch for run in mine for epoch in run["epochs"]]
         later = [epoch for run in mine for epoch in run["epochs"][1:]]
@@ -485,46 +497,31 @@ def print_report(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]
             f"{e['total']:.2f} ({e['train']:.2f}+{e['valid']:.2f}+{e['other']:.2f})" for e in run["epochs"]
         )
         print(
-            f"  {run['repeat']}  {run['which']}  start-up {run['startup']:5.2f}  epochs {per_epoch}  "
+            f"  {run['repeat']}  {run['which']:<13}  start-up {run['startup']:5.2f}  epochs {per_epoch}  "
             f"wall {run['wall']:6.2f}  val_accuracy {run['val_accuracy']:.4f}"
         )
-    ours, bare = summary["ours"], summary["bare"]
-
-    def row(label: str, a: float, b: float, relation: str) -> str:
-        return f"{label:<34}{a:>9.2f}{b:>9.2f}  {relation}"
-
-    print(f"\n{f'seconds, medians of {epochs}x{len(runs) // 2} epochs':<34}{'ours':>9}{'bare':>9}  ours/bare")
-    print(row("per-epoch", ours["epoch"], bare["epoch"], f"{ours['epoch'] / bare['epoch']:.2f}x"))
-    if epochs > 1:
+    repeats = len(runs) // len(summary)
+    columns = [
+        ("per-epoch", "epoch"),
+        ("epochs 2+", "epoch_2_on"),
+        ("fastest", "epoch_min"),
+        ("train", "train"),
+        ("valid", "valid"),
+        ("other", "other"),
+        ("start-up", "startup"),
+    ]
+    print(f"\nseconds, medians of {epochs} epochs x {repeats} runs (fastest: the least disturbed epoch)")
+    print(f"{'':<14}" + "".join(f"{label:>11}" for label, _ in columns) + f"{'x bare-dev':>12}{'x bare':>8}")
+    for which, figures in summary.items():
+        ratios = [
+            f"{figures['epoch'] / summary[base]['epoch']:.2f}x" if base in summary else "-"
+            for base in ("bare-device", "bare")
+        ]
         print(
-            row(
-                "per-epoch, epochs 2+ only",
-                ours["epoch_2_on"],
-                bare["epoch_2_on"],
-                f"{ours['epoch_2_on'] / bare['epoch_2_on']:.2f}x",
-            )
+            f"{which:<14}" + "".join(f"{figures[key]:>11.2f}" for _, key in columns) + f"{ratios[0]:>12}{ratios[1]:>8}"
         )
-    print(
-        row(
-            "fastest epoch (least disturbed)",
-            ours["epoch_min"],
-            bare["epoch_min"],
-            f"{ours['epoch_min'] / bare['epoch_min']:.2f}x",
-        )
-    )
-    print(row("  training loop", ours["train"], bare["train"], f"{ours['train'] / bare['train']:.2f}x"))
-    print(row("  validation pass", ours["valid"], bare["valid"], f"{ours['valid'] / bare['valid']:.2f}x"))
-    print(row("  bookkeeping (csv, TB, checkpoints)", ours["other"], bare["other"], ""))
-    print(f"{'':<34}{'ours':>9}{'bare':>9}  difference")
-    print(
-        row(
-            "start-up (launch to first batch)",
-            ours["startup"],
-            bare["startup"],
-            f"{ours['startup'] - bare['startup']:+.2f} s",
-        )
-    )
-    print(row("process wall time", ours["wall"], bare["wall"], f"{ours['wall'] - bare['wall']:+.2f} s"))
+    print("x bare-dev / x bare: per-epoch median over that of the bare loop with the data kept on the device /")
+    print("copied batch by batch from the host (the same loop on the CPU, where the data never leaves memory)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="also pass -o KEY=VALUE to ours (e.g. data_loader.args.num_workers=2, to measure another setting)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time ours with -o trainer.compile=true (ours-compiled)"
     )
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
@@ -574,15 +574,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bare:    bench.bare_worker (LeNet, Adam amsgrad, batch {BATCH_SIZE}, no framework)")
 
     env = child_env(device, args.threads)
+    contenders = ["ours", "bare", "bare-device", *(["ours-compiled"] if args.compile else [])]
     runs = []
     for repeat in range(1, args.repeats + 1):
-        order = ("ours", "bare") if repeat % 2 else ("bare", "ours")
-        for which in order:
+        shift = (repeat - 1) % len(contenders)  # each goes first in turn, to spread the drift
+        for which in contenders[shift:] + contenders[:shift]:
             print(f"repeat {repeat}/{args.repeats}: {which} ...", flush=True)
-            if which == "ours":
-                run = run_ours(project, data_dir, args.epochs, repeat, env, logs, overrides)
+            if which.startswith("ours"):
+                extra = ("trainer.compile=true",) if which == "ours-compiled" else ()
+                run = run_ours(project, data_dir, args.epochs, repeat, env, logs, overrides + extra)
             else:
-                run = run_bare(data_dir, args.epochs, repeat, device, env, logs)
+                run = run_bare(data_dir, args.epochs, repeat, device, env, logs, resident=which == "bare-device")
             run["repeat"] = repeat
             runs.append(run)
     summary = summarise(runs)
@@ -599,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             "summary": summary,
             "ratio_per_epoch": summary["ours"]["epoch"] / summary["bare"]["epoch"],
+            "ratio_per_epoch_vs_bare_device": summary["ours"]["epoch"] / summary["bare-device"]["epoch"],
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

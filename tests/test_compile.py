@@ -73,12 +73,24 @@ def test_a_compiled_run_resumes_bitwise_and_saves_plain_checkpoints(
     assert rows == (tmp_path / "saved" / "Mnist_LeNet" / "straight" / "metrics.csv").read_text().splitlines()
 
 
-def test_compiling_without_a_cpu_compiler_is_one_line(default_project: Path, mnist_sample_dir: Path,
-                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiling_without_a_cpu_compiler_is_one_line(
+    default_project: Path, mnist_sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    result = run_python(default_project, "train.py", "-c", "config.json", "-o", "trainer.compile=true",
-                        "-o", "n_gpu=0", "-o", f"data_loader.args.data_dir={mnist_sample_dir}",
-                        "-o", f"trainer.save_dir={tmp_path / 'saved'}")
+    result = run_python(
+        default_project,
+        "train.py",
+        "-c",
+        "config.json",
+        "-o",
+        "trainer.compile=true",
+        "-o",
+        "n_gpu=0",
+        "-o",
+        f"data_loader.args.data_dir={mnist_sample_dir}",
+        "-o",
+        f"trainer.save_dir={tmp_path / 'saved'}",
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "'trainer.compile'" in result.stderr, result.stderr
     assert "no C++ compiler" in result.stderr

@@ -19,8 +19,13 @@ pytestmark = pytest.mark.slow
 
 OPTIONS = ("dataset", "tensorboard", "github_actions", "license", "sweeps")
 ONE_AT_A_TIME = [{option: value} for option in OPTIONS for value in DEFAULTS[option][1:]]
-ALL_NON_DEFAULT = {"dataset": "image_folder", "tensorboard": "no", "github_actions": "no", "license": "none",
-                   "sweeps": "no"}
+ALL_NON_DEFAULT = {
+    "dataset": "image_folder",
+    "tensorboard": "no",
+    "github_actions": "no",
+    "license": "none",
+    "sweeps": "no",
+}
 VARIANTS = [*ONE_AT_A_TIME, ALL_NON_DEFAULT]
 # The answers whose Python code, configs or requirements differ: each runs the generated suite.
 SUITE_VARIANTS = [{}, {"dataset": "image_folder"}, {"tensorboard": "no"}, ALL_NON_DEFAULT]

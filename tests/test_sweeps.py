@@ -57,8 +57,15 @@ def workspace(default_project: Path, digits: Path, root: Path, epochs: int, **sw
 def start(project: Path, root: Path, *args: str) -> subprocess.Popen[str]:
     """sweep.py in the project, on root's config.json and sweep.json, in a session of its own."""
     command = [sys.executable, "sweep.py", "-c", str(root / "config.json"), "-s", str(root / "sweep.json"), *args]
-    return subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    return subprocess.Popen(
+        command,
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
 
 
 def finish(process: subprocess.Popen[str], status: int = 0) -> str:
@@ -77,8 +84,14 @@ def column(run_dir: Path, name: str) -> list[float]:
 
 
 def test_three_trials_then_a_pruned_one(default_project: Path, digits: Path, tmp_path: Path) -> None:
-    folder = workspace(default_project, digits, tmp_path, epochs=2, sampler={"type": "TPESampler",
-                       "args": {"seed": 0}}, pruner={"type": "NopPruner"})
+    folder = workspace(
+        default_project,
+        digits,
+        tmp_path,
+        epochs=2,
+        sampler={"type": "TPESampler", "args": {"seed": 0}},
+        pruner={"type": "NopPruner"},
+    )
     out = finish(start(default_project, tmp_path, "--trials", "3"))
     study = load(folder)
     assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * 3
@@ -94,8 +107,9 @@ def test_three_trials_then_a_pruned_one(default_project: Path, digits: Path, tmp
     assert f"best run: {run_dir}" in out
 
     # The same command with a fourth trial and a pruner that prunes any value after the first epoch
-    (tmp_path / "sweep.json").write_text(json.dumps({"study": "s", "space": SPACE, "pruner": {
-        "type": "ThresholdPruner", "args": {"upper": 0.0}}}))
+    (tmp_path / "sweep.json").write_text(
+        json.dumps({"study": "s", "space": SPACE, "pruner": {"type": "ThresholdPruner", "args": {"upper": 0.0}}})
+    )
     finish(start(default_project, tmp_path, "--trials", "4", "-o", "trainer.epochs=3"))
     pruned = load(folder).trials[3]
     assert pruned.state.name == "PRUNED" and list(pruned.intermediate_values) == [1]
@@ -128,19 +142,27 @@ def postgres() -> Iterator[str]:
     run = [*as_user, str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]
     subprocess.run(run, check=True, capture_output=True, timeout=120)
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
-                    "-w", "start"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-def test_two_processes_share_one_study(default_project: Path, digits: Path, tmp_path: Path, database: str,
-                                       request: pytest.FixtureRequest) -> None:
+def test_two_processes_share_one_study(
+    default_project: Path, digits: Path, tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
     storage = request.getfixturevalue("postgres") if database == "postgresql" else None
     folder = workspace(default_project, digits, tmp_path, epochs=1, sampler=RANDOM)
     args = ["--trials", "4", *(["--storage", storage] if storage else [])]
@@ -157,10 +179,13 @@ def test_two_processes_share_one_study(default_project: Path, digits: Path, tmp_
 
 
 def test_sigterm_during_a_trial_then_the_same_command_resumes_it(
-    default_project: Path, digits: Path, tmp_path: Path,
+    default_project: Path,
+    digits: Path,
+    tmp_path: Path,
 ) -> None:
-    folder = workspace(default_project, digits, tmp_path, epochs=3, sampler={"type": "RandomSampler",
-                       "args": {"seed": 0}})
+    folder = workspace(
+        default_project, digits, tmp_path, epochs=3, sampler={"type": "RandomSampler", "args": {"seed": 0}}
+    )
     process = start(default_project, tmp_path, "--trials", "2")
     first = folder / "trial-0000"
     deadline = time.monotonic() + 300
