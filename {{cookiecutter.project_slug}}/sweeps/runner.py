@@ -5,6 +5,7 @@ values to the other ranks, which run the same trial with it; whatever ends the s
 outside a trial (a storage that does not open, a signal between trials) is sent to them too, so
 that every rank exits with the same status instead of waiting for a trial that never comes."""
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -116,10 +117,16 @@ class Sweep:
 
     def _one_trial(self, study: optuna.Study) -> None:
         enqueue_missing_retries(study)  # the retries of stopped and dead trials come first
+        self._trial = None
         try:  # a diverged trial is a failed one; the sweep goes on
             study.optimize(self._objective, n_trials=1, catch=(TrainingDiverged, DuplicateRetry))
         except TrainingInterrupted:
             enqueue_missing_retries(study)  # now, so that any process of the study takes it next
+            raise
+        except SystemExit:  # Ctrl-C twice: Optuna left the trial running; fail it, for a retry at the next start
+            if self._trial is not None:
+                with contextlib.suppress(Exception):  # already failed by Optuna, or the database is away
+                    study.tell(self._trial.number, state=optuna.trial.TrialState.FAIL)
             raise
 
     def _objective(self, trial: optuna.Trial) -> float:
