@@ -1,7 +1,8 @@
 """sweep.py of the default project on real digits, through real processes: a 3-trial study over
 the learning rate and the batch size, then a pruned trial; two processes sharing one study on
-SQLite and on a PostgreSQL server started here on the loopback address; SIGTERM during a trial,
-then the same command resuming that trial from its checkpoint and completing the study.
+SQLite and on a PostgreSQL server started here on the loopback address; SIGTERM or kill -9 during
+a trial, then the same command resuming that trial from its checkpoint and completing the study;
+torchrun ranks running the trials together, and all stopping on rank 0's storage error.
 
 Kept small: 800 training and 200 validation digits, 1-3 epochs, a few trials."""
 
@@ -212,3 +213,69 @@ def test_sigterm_during_a_trial_then_the_same_command_resumes_it(
     assert len(column(first, "val_loss")) == 3 and "Resuming from" in (first / "train.log").read_text()
     assert math.isclose(retry.value, min(column(first, "val_loss")), rel_tol=1e-6)
     assert sorted(retry.intermediate_values) == [1, 2, 3]  # the epochs before the stop reported again
+
+
+def test_kill_9_during_a_trial_then_the_same_command_resumes_it_after_the_heartbeat_grace(
+    default_project: Path, digits: Path, tmp_path: Path,
+) -> None:
+    folder = workspace(default_project, digits, tmp_path, epochs=2, heartbeat_interval=1,
+                       sampler={"type": "RandomSampler", "args": {"seed": 0}})
+    process = start(default_project, tmp_path, "--trials", "1")
+    first = folder / "trial-0000"
+    deadline = time.monotonic() + 300
+    while not ((first / "latest.pth").is_file() and len(lines(first / "metrics.csv")) == 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the process and any workers: nothing is told, nothing saved
+    process.communicate(timeout=60)
+    assert [trial.state.name for trial in load(folder).trials] == ["RUNNING"]  # as the dead process left it
+    epoch1 = lines(first / "metrics.csv")
+    time.sleep(2.2)  # its heartbeat is stale after twice heartbeat_interval
+
+    finish(start(default_project, tmp_path, "--trials", "1"))
+    study = load(folder)
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "COMPLETE"]
+    dead, retry = study.trials
+    assert retry.params == dead.params and retry.user_attrs["retry_of"] == 0
+    assert retry.user_attrs["resume_from"] == str((first / "latest.pth").resolve())
+    assert retry.user_attrs["run_dir"] == str(first.resolve())  # the same run, continued in place
+    assert [path.name for path in folder.iterdir() if path.is_dir()] == ["trial-0000"]
+    assert lines(first / "metrics.csv")[:2] == epoch1 and len(column(first, "val_loss")) == 2
+    assert "Resuming from" in (first / "train.log").read_text()
+    assert sorted(retry.intermediate_values) == [1, 2]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def torchrun_sweep(project: Path, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [*TORCHRUN, "sweep.py", "-c", str(root / "config.json"), "-s", str(root / "sweep.json"), *args]
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_torchrun_ranks_run_each_trial_together_and_rank_0_alone_talks_to_the_study(
+    default_project: Path, digits: Path, tmp_path: Path,
+) -> None:
+    folder = workspace(default_project, digits, tmp_path, epochs=1, sampler=RANDOM)
+    result = torchrun_sweep(default_project, tmp_path, "--trials", "2")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    study = load(folder)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * 2
+    runs = sorted(path for path in folder.iterdir() if path.is_dir())
+    assert [run.name for run in runs] == ["trial-0000", "trial-0001"]
+    for trial, run in zip(study.trials, runs, strict=True):
+        assert trial.user_attrs["run_dir"] == str(run.resolve())
+        assert len(column(run, "val_loss")) == 1 and len(json.loads((run / "run_info.json").read_text())) == 1
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1  # written by rank 0 alone
+    assert result.stdout.count("trial 0 finished") == 1 and result.stdout.count("study s ") == 1
+
+    # A storage that rank 0 cannot open: every rank stops with its status, the line printed once
+    failed = torchrun_sweep(default_project, tmp_path, "--trials", "3", "--storage", "postgresq://u@localhost/db")
+    line = "error: --storage 'postgresq://u@localhost/db': cannot open it"
+    assert failed.returncode != 0 and failed.stderr.count(line) == 1, failed.stderr[-3000:]
+    assert failed.stderr.count("exitcode  : 2") == 2  # rank 1 exits by itself, told by rank 0, not killed

@@ -16,8 +16,9 @@ import optuna
 
 from cli import CommandLineParser, folder_name, gpu_indices, read_config, with_overrides
 from config_schema import validate
-from sweeps import Sweep, SweepStopped, read_sweep
-from utils import InputError, TrainingInterrupted, distributed
+from sweeps import Sweep, read_sweep
+from sweeps.runner import report
+from utils import distributed
 from utils.signals import stop_request
 
 
@@ -63,25 +64,14 @@ def main(argv: list[str] | None = None) -> int:
             distributed.init_distributed()
             job = sweep(argv)
             job.run(job.spec.trials)
-    except InputError as exc:
-        if distributed.is_main():
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (TrainingInterrupted, SweepStopped) as exc:
-        if distributed.is_main():
-            report_stop(exc)
-        return 128 + exc.signal_number
+    except Exception as exc:
+        status = report(exc)
+        if status is None:
+            raise  # a bug: its traceback
+        return status
     finally:
         distributed.shutdown()
     return 0
-
-
-def report_stop(exc: Exception) -> None:
-    if isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None:
-        print(f"interrupted by signal {exc.signal_number}; the trial resumes from {exc.checkpoint} when the same "
-              "sweep.py command runs again", file=sys.stderr)
-    else:
-        print(exc, file=sys.stderr)
 
 
 if __name__ == "__main__":

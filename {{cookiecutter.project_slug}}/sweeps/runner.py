@@ -1,9 +1,13 @@
 """A sweep: trials taken from the study one at a time with Optuna's `study.optimize` (which
 samples or takes an enqueued trial, beats the heartbeat and records the outcome), until the study
 holds `--trials` finished ones. Under torchrun rank 0 talks to the study and sends each trial's
-values to the other ranks, which run the same trial with it."""
+values to the other ranks, which run the same trial with it; whatever ends the sweep on rank 0
+outside a trial (a storage that does not open, a signal between trials) is sent to them too, so
+that every rank exits with the same status instead of waiting for a trial that never comes."""
 
+import contextlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +15,24 @@ import optuna
 
 from sweeps.spec import SweepSpec
 from sweeps.study import (
+    FAILURE,
     RESUME_FROM,
-    enqueue_retry,
+    RETRY_OF,
+    StudyError,
+    duplicate_of,
+    enqueue_missing_retries,
     finished_trials,
     open_storage,
     open_study,
     report_summary,
+    storage_errors,
     storage_url,
     study_folder,
     summary,
 )
 from sweeps.trial import new_trial_config, resumed_trial_config, run_trial
 from utils import distributed
-from utils.errors import TrainingDiverged, TrainingInterrupted
+from utils.errors import InputError, TrainingDiverged, TrainingInterrupted
 from utils.signals import stop_request
 
 logger = logging.getLogger("sweep")
@@ -37,6 +46,34 @@ class SweepStopped(Exception):
         self.signal_number = signal_number
 
 
+class SweepEnded(Exception):
+    """Under torchrun, on a rank other than 0: rank 0 ended the sweep with `status`, and printed `line`."""
+
+    def __init__(self, status: int, line: str) -> None:
+        super().__init__(line)
+        self.status, self.line = status, line
+
+
+class DuplicateRetry(Exception):
+    """The retry just taken is already run by another process (two processes enqueued it)."""
+
+
+def ending(exc: BaseException) -> tuple[int, str] | None:
+    """The exit status and the one line that `exc` ends sweep.py with; None: a bug (traceback)."""
+    if isinstance(exc, InputError | StudyError):
+        return 2 if isinstance(exc, InputError) else 1, f"error: {exc}"
+    if isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None:
+        return 128 + exc.signal_number, (f"interrupted by signal {exc.signal_number}; the trial resumes from "
+                                         f"{exc.checkpoint} when the same sweep.py command runs again")
+    if isinstance(exc, TrainingInterrupted | SweepStopped):
+        return 128 + exc.signal_number, str(exc)
+    if isinstance(exc, SweepEnded):
+        return exc.status, exc.line
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int):
+        return exc.code, "stopped"
+    return None
+
+
 class Sweep:
     """The trials of one study over `base` (the config with its `-o` overrides applied)."""
 
@@ -46,6 +83,7 @@ class Sweep:
         self.url = storage_url(storage, self.folder)
         self.metric = base["trainer"]["monitor"].split()[1]
         self._trial: optuna.Trial | None = None  # the trial this process is running (rank 0)
+        self._followers_waiting = True  # rank 0: the other ranks wait for the next message
 
     def run(self, trials: int) -> dict[str, Any] | None:
         """Run trials until the study has `trials` finished ones (complete or pruned); returns
@@ -53,32 +91,66 @@ class Sweep:
         if not distributed.is_main():
             self._follow()
             return None
+        try:
+            with storage_errors(self.url):
+                return self._lead(trials)
+        except BaseException as exc:
+            if self._followers_waiting:
+                status, line = ending(exc) or (1, f"error: rank 0 failed: {type(exc).__name__}: {exc}")
+                self._tell_followers(("end", status, line))
+            raise
+
+    def _lead(self, trials: int) -> dict[str, Any]:
         study = open_study(self.spec, open_storage(self.url, self.spec.heartbeat_interval))
         while finished_trials(study) < trials:
             if stop_request.signal_number is not None:
-                distributed.broadcast(None)  # the other ranks wait for a trial: there is none
                 raise SweepStopped(stop_request.signal_number)
             self._one_trial(study)
-        distributed.broadcast(None)
+        self._tell_followers(("done",))
         result = summary(study, self.metric, self.url)
         report_summary(result, self.folder)
         return result
 
+    def _tell_followers(self, message: tuple[Any, ...]) -> None:
+        self._followers_waiting = False
+        distributed.broadcast(message)
+
     def _one_trial(self, study: optuna.Study) -> None:
+        enqueue_missing_retries(study)  # the retries of stopped and dead trials come first
+        self._trial = None
         try:  # a diverged trial is a failed one; the sweep goes on
-            study.optimize(self._objective, n_trials=1, catch=(TrainingDiverged,))
+            study.optimize(self._objective, n_trials=1, catch=(TrainingDiverged, DuplicateRetry))
         except TrainingInterrupted:
-            assert self._trial is not None  # failed by optimize, with the attributes set below
-            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == self._trial.number)
-            enqueue_retry(study, frozen, frozen.user_attrs.get(RESUME_FROM))
+            enqueue_missing_retries(study)  # now, so that any process of the study takes it next
+            raise
+        except SystemExit:  # Ctrl-C twice: Optuna left the trial running; fail it, for a retry at the next start
+            if self._trial is not None:
+                with contextlib.suppress(Exception):  # already failed by Optuna, or the database is away
+                    study.tell(self._trial.number, state=optuna.trial.TrialState.FAIL)
             raise
 
     def _objective(self, trial: optuna.Trial) -> float:
         self._trial = trial
         values = {param.key: param.suggest(trial) for param in self.spec.space}
         resume_from = trial.user_attrs.get(RESUME_FROM)
-        distributed.broadcast((trial.number, values, resume_from))
-        value, pruned = self._run(trial.number, values, resume_from, trial)
+        if (first := duplicate_of(trial.study, trial.number)) is not None:
+            trial.set_user_attr(FAILURE, f"duplicate of trial {first}")
+            print(f"trial {trial.number} skipped: trial {first} already retries trial "
+                  f"{trial.user_attrs[RETRY_OF]}", flush=True)
+            raise DuplicateRetry
+        self._tell_followers(("trial", trial.number, values, resume_from))
+        try:
+            value, pruned = self._run(trial.number, values, resume_from, trial)
+        except TrainingDiverged as exc:
+            self._followers_waiting = True  # they go on to the next trial as well
+            trial.set_user_attr(FAILURE, str(exc))
+            raise
+        except (TrainingInterrupted, StudyError):  # retried
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded, then raised: a trial that fails so is not retried
+            trial.set_user_attr(FAILURE, f"{type(exc).__name__}: {exc}")
+            raise
+        self._followers_waiting = True
         shown = ", ".join(f"{key}={value}" for key, value in values.items())
         outcome = "pruned" if pruned else "finished"
         print(f"trial {trial.number} {outcome}: best {self.metric} {value:.6g} ({shown})", flush=True)
@@ -88,8 +160,16 @@ class Sweep:
 
     def _follow(self) -> None:
         """Ranks other than 0: run each trial that rank 0 announces, until it says no more."""
-        while (job := distributed.broadcast(None)) is not None:
-            self._run(*job, trial=None)
+        while True:
+            kind, *details = distributed.broadcast(None)
+            if kind == "done":
+                return
+            if kind == "end":
+                raise SweepEnded(*details)
+            try:
+                self._run(*details, trial=None)
+            except TrainingDiverged:
+                continue  # rank 0 records it and takes the next trial
 
     def _run(self, number: int, values: dict[str, Any], resume_from: str | None,
              trial: optuna.Trial | None) -> tuple[float, bool]:
@@ -101,7 +181,7 @@ class Sweep:
                 logger.warning("Trial %d: %s is not here; its parameters start anew", number, resume_from)
             config = new_trial_config(self.base, values, self.folder, number)
         try:
-            return run_trial(config, trial)
+            return run_trial(config, trial, self.url)
         except TrainingDiverged as exc:
             if distributed.is_main():
                 print(f"trial {number} failed: {exc}", flush=True)
@@ -110,3 +190,14 @@ class Sweep:
             if trial is not None and exc.checkpoint is not None:
                 trial.set_user_attr(RESUME_FROM, str(Path(exc.checkpoint).resolve()))
             raise
+
+
+def report(exc: Exception) -> int | None:
+    """Print `exc`'s one line (rank 0 only) and return sweep.py's exit status; None for a bug."""
+    result = ending(exc)
+    if result is None:
+        return None
+    status, line = result
+    if distributed.is_main() and not isinstance(exc, SweepEnded):
+        print(line, file=sys.stderr)
+    return status

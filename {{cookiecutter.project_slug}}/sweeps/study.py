@@ -2,12 +2,20 @@
 Optuna's RDBStorage takes (PostgreSQL, MySQL) for several machines. A trial that stopped on a
 signal, or whose process died (no heartbeat for twice `heartbeat_interval`), cannot be reopened:
 it stays failed, and the same parameters are enqueued with the checkpoint to resume from, so the
-next trial any process of the study takes is that one."""
+next trial any process of the study takes is that one.
+
+Retries are derived from the study, not remembered: before taking a trial, a process enqueues one
+for every failed trial that did not fail by itself (it has no `failure`) and has no retry yet. A
+process that dies between failing a trial and enqueueing its retry therefore loses nothing; two
+processes that enqueue the same retry at once are told apart when the second one is taken (the
+retry started first runs, the other is skipped as a duplicate)."""
 
 import json
 import logging
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +32,23 @@ logger = logging.getLogger("sweep")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what `--trials N` counts
 # User attributes of a trial: its run folder; for a retry, the checkpoint it resumes (None: the
-# parameters start anew) and the number of the trial it continues.
-RUN_DIR, RESUME_FROM, RETRY_OF = "run_dir", "resume_from", "retry_of"
+# parameters start anew) and the number of the trial it continues; for a trial that failed by
+# itself (diverged, an error, a duplicate retry) why, which means that it is not retried.
+RUN_DIR, RESUME_FROM, RETRY_OF, FAILURE = "run_dir", "resume_from", "retry_of", "failure"
+STORAGE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
+
+class StudyError(Exception):
+    """The study's database failed while the sweep was using it (sweep.py: one line, exit 1)."""
+
+
+@contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn a database error inside the block into a StudyError naming the storage."""
+    try:
+        yield
+    except STORAGE_ERRORS as exc:
+        raise StudyError(f"study storage '{shown_url(url)}': {first_line(exc)}") from exc
 OPEN_ATTEMPTS = 4  # a database that does not open is tried again, after 1, 2 and 3 seconds
 
 
@@ -58,8 +81,7 @@ def open_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorag
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                                  grace_period=2 * heartbeat_interval,
-                                                  heartbeat_stale_trial_callback=retry_dead_trial)
+                                                  grace_period=2 * heartbeat_interval)
         except SQLAlchemyError as exc:  # also two processes creating a new database's tables at once
             if attempt + 1 == OPEN_ATTEMPTS or isinstance(exc, NoSuchModuleError | ArgumentError):
                 raise InputError(f"--storage '{shown_url(url)}': cannot open it ({first_line(exc)})") from None
@@ -94,19 +116,41 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def enqueue_retry(study: optuna.Study, trial: FrozenTrial, checkpoint: str | None) -> None:
-    """Enqueue `trial`'s parameters again, to resume from `checkpoint` (None: from the start)."""
+def enqueue_missing_retries(study: optuna.Study) -> None:
+    """Fail the trials whose process died (no heartbeat), then enqueue a retry for every failed
+    trial that did not fail by itself and has none yet."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials if FAILURE not in t.user_attrs}
+    for trial in trials:
+        if (trial.state == TrialState.FAIL and FAILURE not in trial.user_attrs and trial.number not in retried
+                and trial.params):
+            enqueue_retry(study, trial)
+
+
+def enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue `trial`'s parameters again, to resume from its run folder's `latest.pth` (or the
+    checkpoint it was itself to resume from, when it stopped before its run began)."""
+    run_dir = trial.user_attrs.get(RUN_DIR)
+    checkpoint = str(Path(run_dir) / "latest.pth") if run_dir else trial.user_attrs.get(RESUME_FROM)
     study.enqueue_trial(trial.params, user_attrs={RESUME_FROM: checkpoint, RETRY_OF: trial.number})
-    logger.warning("Trial %d failed; its parameters are enqueued to %s", trial.number,
+    logger.warning("Trial %d stopped; its parameters are enqueued to %s", trial.number,
                    f"resume from {checkpoint}" if checkpoint else "start again")
 
 
-def retry_dead_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Heartbeat callback: `trial`'s process died (kill -9, a lost machine). Its run folder's
-    `latest.pth` is where its training stands (or, when it has none, nothing was saved)."""
-    run_dir = trial.user_attrs.get(RUN_DIR)
-    checkpoint = str(Path(run_dir) / "latest.pth") if run_dir else trial.user_attrs.get(RESUME_FROM)
-    enqueue_retry(study, trial, checkpoint)
+def duplicate_of(study: optuna.Study, number: int) -> int | None:
+    """For the retry `number` just taken: the retry of the same trial that started before it (it
+    runs that run; this one must not), or None."""
+    trials = study.get_trials(deepcopy=False)
+    mine = next(t for t in trials if t.number == number)
+    original = mine.user_attrs.get(RETRY_OF)
+    if original is None or mine.datetime_start is None:
+        return None
+    earlier = [t.number for t in trials if t.number != number and t.user_attrs.get(RETRY_OF) == original
+               and t.datetime_start is not None and (t.datetime_start, t.number) < (mine.datetime_start, number)]
+    return min(earlier) if earlier else None
 
 
 def summary(study: optuna.Study, metric: str, url: str) -> dict[str, Any]:

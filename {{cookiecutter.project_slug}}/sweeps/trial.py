@@ -16,7 +16,7 @@ from cli import with_overrides
 from config_schema import validate
 from parse_config import ConfigParser
 from sweeps.spec import with_values
-from sweeps.study import RUN_DIR
+from sweeps.study import RUN_DIR, StudyError, storage_errors
 from train import build_trainer
 from trainer import Trainer
 from utils import distributed
@@ -72,32 +72,52 @@ def attach(trainer: Trainer, hook: str, extra: Callable[..., None]) -> None:
 
 class TrialReporter:
     """Tells the trial where its run is and how each epoch went; asks the pruner. Under
-    torchrun only rank 0 holds the trial (`trial` is None elsewhere) and its decision is
-    broadcast, so that every rank stops after the same epoch."""
+    torchrun only rank 0 holds the trial (`trial` is None elsewhere): its answers, and a failure of
+    the study's database, are broadcast, so that every rank stops after the same epoch and in the
+    same way."""
 
-    def __init__(self, trial: optuna.Trial | None, trainer: Trainer) -> None:
-        self.trial, self.trainer = trial, trainer
+    def __init__(self, trial: optuna.Trial | None, trainer: Trainer, url: str) -> None:
+        self.trial, self.trainer, self.url = trial, trainer, url
         self.pruned = False
         self._first = True
         attach(trainer, "on_epoch_start", self.epoch_start)
         attach(trainer, "on_epoch_end", self.epoch_end)
 
     def epoch_start(self, epoch: int) -> None:
-        if not self._first or self.trial is None:
+        if not self._first:
             return
         self._first = False
+        self._on_rank0(lambda trial: self._begin(trial, epoch))
+
+    def _begin(self, trial: optuna.Trial, epoch: int) -> None:
         run_dir = self.trainer.config.run_dir
-        self.trial.set_user_attr(RUN_DIR, str(Path(run_dir).resolve()))  # absolute: any process may resume it
+        trial.set_user_attr(RUN_DIR, str(Path(run_dir).resolve()))  # absolute: any process may resume it
         for row in earlier_rows(run_dir, epoch):  # a resumed trial: what the interrupted one had reported
-            self.trial.report(row[self.trainer.monitor.metric], row["epoch"])
+            trial.report(row[self.trainer.monitor.metric], row["epoch"])
 
     def epoch_end(self, epoch: int, log: dict[str, float]) -> None:
-        prune = False
-        if self.trial is not None:
-            self.trial.report(log[self.trainer.monitor.metric], epoch)
-            prune = epoch < self.trainer.epochs and self.trial.should_prune()
-        if distributed.broadcast(prune):
+        def report(trial: optuna.Trial) -> bool:
+            trial.report(log[self.trainer.monitor.metric], epoch)
+            return epoch < self.trainer.epochs and trial.should_prune()
+
+        if self._on_rank0(report):
             self.pruned = self.trainer.stop_requested = True
+
+    def _on_rank0(self, call: Callable[[optuna.Trial], Any]) -> Any:
+        """`call(trial)` on rank 0, its result on every rank; a database error there is raised on
+        every rank."""
+        result: Any = None
+        error: str | None = None
+        if self.trial is not None:
+            try:
+                with storage_errors(self.url):
+                    result = call(self.trial)
+            except StudyError as exc:
+                error = str(exc)
+        error, result = distributed.broadcast((error, result))
+        if error is not None:
+            raise StudyError(error)
+        return result
 
 
 def earlier_rows(run_dir: Path | None, before_epoch: int) -> list[dict[str, float]]:
@@ -110,8 +130,9 @@ def earlier_rows(run_dir: Path | None, before_epoch: int) -> list[dict[str, floa
     return [{**row, "epoch": int(row["epoch"])} for row in rows if row["epoch"] < before_epoch]
 
 
-def run_trial(config: ConfigParser, trial: optuna.Trial | None) -> tuple[float, bool]:
-    """Train the trial's run; returns (its best monitored value, whether the pruner stopped it).
+def run_trial(config: ConfigParser, trial: optuna.Trial | None, url: str) -> tuple[float, bool]:
+    """Train the trial's run (reporting to the study at `url`); returns (its best monitored
+    value, whether the pruner stopped it).
     A resumed run that had already finished is not trained again: its checkpoint has the value."""
     if config.resuming:
         checkpoint = load_checkpoint(config.resume_path)
@@ -120,6 +141,6 @@ def run_trial(config: ConfigParser, trial: optuna.Trial | None) -> tuple[float, 
                 trial.set_user_attr(RUN_DIR, str(config.resume_path.resolve().parent))
             return checkpoint["monitor_best"], False
     trainer = build_trainer(config)
-    reporter = TrialReporter(trial, trainer)
+    reporter = TrialReporter(trial, trainer, url)
     trainer.train()
     return trainer.monitor.best, reporter.pruned

@@ -1,6 +1,7 @@
 """sweep.py in-process on the synthetic data: the bad sweep files of the bad-input catalogue
 (exit status 2, one `error:` line naming the file and key, nothing created), a short study whose
-trials are ordinary runs, and what a resumed trial takes from the command line."""
+trials are ordinary runs, what a resumed trial takes from the command line, and how retries are
+derived from the study (none lost when a process dies, none run twice)."""
 
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ from test_bad_inputs import base_config, snapshot
 
 import sweep
 from parse_config import ConfigParser
-from sweeps.study import RUN_DIR
+from sweeps.study import FAILURE, RESUME_FROM, RETRY_OF, RUN_DIR, duplicate_of, enqueue_missing_retries
 from sweeps.trial import resumed_trial_config
 from train import train
 
@@ -151,3 +152,30 @@ def test_a_resumed_trial_takes_only_overrides_a_resume_accepts(tmp_path: Path, m
     assert resumed["data_loader"]["args"]["batch_size"] == 64  # refused by a resume: left as the run had it
     assert resumed["optimizer"]["args"]["lr"] == config["optimizer"]["args"]["lr"]  # swept: the trial's own
     assert resumed.resuming and resumed.resume_path == checkpoint
+
+
+def failed_trial(study: optuna.Study, lr: float, **attrs: Any) -> int:
+    """A trial of `study` that failed with the user attributes `attrs`; its number."""
+    trial = study.ask({"optimizer.args.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    trial.suggest_float("optimizer.args.lr", 1e-4, 1e-2, log=True)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing enqueued: as a process that died left it
+    return trial.number
+
+
+def test_retries_are_derived_from_failed_trials_once_and_a_duplicate_is_told_apart(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
+    stopped = failed_trial(study, 1e-3, **{RUN_DIR: str(tmp_path / "trial-0000")})  # its retry was never enqueued
+    failed_trial(study, 2e-3, **{RUN_DIR: str(tmp_path / "trial-0001"), FAILURE: "diverged"})  # not retried
+    enqueue_missing_retries(study)
+    enqueue_missing_retries(study)  # a second process: the retry is there already
+    waiting = study.get_trials(states=[optuna.trial.TrialState.WAITING])
+    assert [trial.user_attrs for trial in waiting] == [{RETRY_OF: stopped, RESUME_FROM: str(tmp_path / "trial-0000"
+                                                                                           / "latest.pth")}]
+
+    # Two processes that enqueued the same retry at once: the retry taken first runs, the other is skipped
+    study.enqueue_trial(waiting[0].params, user_attrs=dict(waiting[0].user_attrs))
+    first, second = study.ask(), study.ask()
+    assert first.user_attrs[RETRY_OF] == second.user_attrs[RETRY_OF] == stopped
+    assert duplicate_of(study, first.number) is None and duplicate_of(study, second.number) == first.number
