@@ -11,9 +11,10 @@ LINTED = ("hooks", "tests", "bench", "scripts")
 
 
 def test_template_code_passes_ruff() -> None:
-    command = [sys.executable, "-m", "ruff", "check", "--no-cache", *LINTED]
-    result = subprocess.run(command, cwd=TEMPLATE, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for action in (["check"], ["format", "--check"]):  # the rules, and one formatting style
+        command = [sys.executable, "-m", "ruff", *action, "--no-cache", *LINTED]
+        result = subprocess.run(command, cwd=TEMPLATE, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def ruff_settings(toml: str) -> tuple[str, ...]:

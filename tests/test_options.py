@@ -27,8 +27,12 @@ ALL_NON_DEFAULT = {
     "sweeps": "no",
 }
 VARIANTS = [*ONE_AT_A_TIME, ALL_NON_DEFAULT]
-# The answers whose Python code, configs or requirements differ: each runs the generated suite.
-SUITE_VARIANTS = [{}, {"dataset": "image_folder"}, {"tensorboard": "no"}, ALL_NON_DEFAULT]
+# The generated suite runs on the defaults and on every non-default answer together: between
+# them every version of every file whose Python code, configs or requirements an answer changes
+# (the image_folder loader, the TensorBoard-less logger, no sweeps). Single answers are rendered,
+# file-checked and linted below; image_folder also trains in test_image_folder_project_... .
+SUITE_VARIANTS = [{}, ALL_NON_DEFAULT]
+CODE_OPTIONS = ("dataset", "tensorboard", "sweeps")
 # What license and github_actions may change; everything else must be the default project's.
 NOT_CODE = {"LICENSE", "README.md", ".cookiecutter.json", ".github/workflows/tests.yml"}
 # The generated tests that read a file of NOT_CODE (the README's config reference).
@@ -46,8 +50,9 @@ def test_every_non_default_value_is_in_the_matrix() -> None:
     assert all(isinstance(DEFAULTS[option], list) and len(DEFAULTS[option]) >= 2 for option in OPTIONS)
     # every option that may change code has its value in a suite variant
     assert {(option, value) for answers in SUITE_VARIANTS for option, value in answers.items()} >= {
-        (option, value) for option in ("dataset", "tensorboard") for value in DEFAULTS[option][1:]
+        (option, value) for option in CODE_OPTIONS for value in DEFAULTS[option][1:]
     }
+    assert set(OPTIONS) - set(CODE_OPTIONS) == {"github_actions", "license"}
 
 
 def run_generated_tests(project: Path, *tests: str) -> None:
@@ -83,7 +88,9 @@ def test_variant_passes_its_own_tests(render: Render, answers: dict[str, str]) -
     run_generated_tests(render(**answers))
 
 
-NON_CODE_VARIANTS = [answers for answers in VARIANTS if answers not in SUITE_VARIANTS and "sweeps" not in answers]
+NON_CODE_VARIANTS = [
+    answers for answers in VARIANTS if answers not in SUITE_VARIANTS and not set(answers) & set(CODE_OPTIONS)
+]
 
 
 @pytest.mark.parametrize("answers", NON_CODE_VARIANTS, ids=[variant_id(answers) for answers in NON_CODE_VARIANTS])

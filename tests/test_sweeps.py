@@ -216,10 +216,18 @@ def test_sigterm_during_a_trial_then_the_same_command_resumes_it(
 
 
 def test_kill_9_during_a_trial_then_the_same_command_resumes_it_after_the_heartbeat_grace(
-    default_project: Path, digits: Path, tmp_path: Path,
+    default_project: Path,
+    digits: Path,
+    tmp_path: Path,
 ) -> None:
-    folder = workspace(default_project, digits, tmp_path, epochs=2, heartbeat_interval=1,
-                       sampler={"type": "RandomSampler", "args": {"seed": 0}})
+    folder = workspace(
+        default_project,
+        digits,
+        tmp_path,
+        epochs=2,
+        heartbeat_interval=1,
+        sampler={"type": "RandomSampler", "args": {"seed": 0}},
+    )
     process = start(default_project, tmp_path, "--trials", "1")
     first = folder / "trial-0000"
     deadline = time.monotonic() + 300
@@ -254,12 +262,15 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 def torchrun_sweep(project: Path, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [*TORCHRUN, "sweep.py", "-c", str(root / "config.json"), "-s", str(root / "sweep.json"), *args]
-    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        command, cwd=project, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def test_torchrun_ranks_run_each_trial_together_and_rank_0_alone_talks_to_the_study(
-    default_project: Path, digits: Path, tmp_path: Path,
+    default_project: Path,
+    digits: Path,
+    tmp_path: Path,
 ) -> None:
     folder = workspace(default_project, digits, tmp_path, epochs=1, sampler=RANDOM)
     result = torchrun_sweep(default_project, tmp_path, "--trials", "2")
