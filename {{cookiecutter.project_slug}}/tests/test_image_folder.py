@@ -232,3 +232,23 @@ def test_streamed_images_give_the_batches_of_cached_ones(images: Path) -> None:
         assert len(expected) == len(actual) > 1
         for one, other in zip(expected, actual, strict=True):
             assert all(torch.equal(a, b) for a, b in zip(one, other, strict=True))
+
+
+def test_under_ddp_the_other_ranks_read_the_cache_that_rank_0_wrote(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = images / "train"
+    paths = sorted(folder.rglob("*.png"))
+    broadcasts: list[Any] = []
+    monkeypatch.setattr(image_files.distributed, "broadcast", lambda value: broadcasts.append(value) or value)
+    built = image_files.cached_images(folder, paths, 8, tmp_path / "cache")  # rank 0
+    assert broadcasts == [None]  # no error: the others go on and read
+    monkeypatch.setattr(image_files.distributed, "is_main", lambda: False)  # rank 1, after that broadcast
+    with monkeypatch.context() as patched:
+        patched.setattr(image_files, "read_image", lambda path, size: pytest.fail(f"decoded {path} again"))
+        assert torch.equal(image_files.cached_images(folder, paths, 8, tmp_path / "cache"), built)
+    other_machine = image_files.cached_images(folder, paths, 8, tmp_path / "unshared")  # decodes for itself
+    assert torch.equal(other_machine, built)
+    monkeypatch.setattr(image_files.distributed, "broadcast", lambda value: "image x cannot be decoded (rank 0)")
+    with pytest.raises(InputError, match="rank 0"):  # rank 0's error, on every rank
+        image_files.cached_images(folder, paths, 8, tmp_path / "cache")
