@@ -120,12 +120,13 @@ def random_shift(images: torch.Tensor, padding: int, hflip: bool, generator: tor
     if hflip:
         mirrored = torch.rand(count, 1, generator=generator) < 0.5
         columns = torch.where(mirrored, columns.flip(1), columns)
-    rows = (offsets[0] + torch.arange(height)).to(images.device)  # (B, H) rows of the padded image
-    columns = (offsets[1] + columns).to(images.device)  # (B, W)
-    padded = F.pad(images, (padding, padding, padding, padding))  # (B, C, H + 2p, W + 2p)
-    samples = torch.arange(count, device=images.device).view(count, 1, 1, 1)
-    planes = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
-    return padded[samples, planes, rows.view(count, 1, height, 1), columns.view(count, 1, 1, width)]
+    rows = offsets[0] + torch.arange(height)  # (B, H) rows of the padded image
+    columns = offsets[1] + columns  # (B, W)
+    padded_width = width + 2 * padding
+    pixels = (rows[:, :, None] * padded_width + columns[:, None, :]).view(count, 1, height * width)
+    padded = F.pad(images, (padding, padding, padding, padding)).flatten(2)  # (B, C, (H + 2p) * (W + 2p))
+    picked = padded.gather(2, pixels.to(images.device).expand(count, channels, height * width))
+    return picked.view(count, channels, height, width)
 
 
 def image_dataset(folder: Path, files: list[tuple[Path, int]], classes: list[str], size: int,
