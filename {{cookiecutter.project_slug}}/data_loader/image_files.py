@@ -163,8 +163,12 @@ def _load(file: Path, key: str) -> torch.Tensor | None:
 
 def _save(images: torch.Tensor, key: str, file: Path) -> None:
     """Write atomically (temp file, then rename), then delete older caches of the same folder."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"config: 'data_loader.args.cache_dir': cannot write the image cache into {file.parent}: "
+                         f"{exc.strerror or exc}; give a writable folder, or null to decode every epoch") from None
     try:
         with os.fdopen(fd, "wb") as tmp:
             torch.save({"key": key, "images": images}, tmp)

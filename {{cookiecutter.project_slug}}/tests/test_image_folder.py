@@ -190,6 +190,12 @@ def test_a_corrupt_image_is_one_line_naming_the_file(
     assert not (tmp_path / "saved").exists()
 
 
+def test_an_unwritable_cache_folder_is_one_line(images: Path, tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file where the cache folder should be")
+    with pytest.raises(InputError, match=r"^config: 'data_loader.args.cache_dir': cannot write the image cache"):
+        ImageFolderDataLoader(str(images), batch_size=4, cache_dir=str(tmp_path / "blocked" / "cache"))
+
+
 def test_the_batched_shift_is_a_per_sample_padded_crop() -> None:
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
     for hflip in (False, True):
