@@ -31,6 +31,7 @@ REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
         DATASET != "image_folder",
         (
             "data_loader/image_folder.py",
+            "data_loader/image_files.py",
             "data_loader/__init__.image_folder.py",
             "config_image_folder.json",
             "tests/test_image_folder.py",

@@ -279,34 +279,29 @@ def test_the_slurm_recipe_passes_the_signal_on_ends_143_and_resumes_when_requeue
     assert_bitwise(ddp_reference, run_dir)
 
 
-def test_own_images_with_two_workers_stop_cleanly_on_a_group_sigterm(
+def test_own_images_stop_cleanly_on_a_group_sigterm_and_resume_exactly(
     render: Render, png_digits: Path, tmp_path: Path
 ) -> None:
-    """The image_folder example decodes PNGs in 2 worker processes: a SIGTERM to the whole group
-    used to kill them under the training process (exit 1, a traceback, no latest.pth). Its
-    random crops are drawn in the workers, so this resume is checked for continuity, not bits."""
+    """The image_folder example decodes the PNGs once into cache/ and shifts whole batches by
+    draws of (seed, epoch, batch): a SIGTERM to the whole group mid-epoch resumes bitwise equal
+    to a straight run, both from the cache (no workers) and streamed with `cache_dir` null,
+    whose 2 worker processes decode every image (they used to be killed under the training
+    process: exit 1, a traceback, no latest.pth)."""
     project = render(dataset="image_folder")
     images = png_digits  # 100 training and 30 validation images per class
-    args = [
-        "-o",
-        f"data_loader.args.data_dir={images}",
-        "-o",
-        f"trainer.save_dir={tmp_path}",
-        "-o",
-        "n_gpu=0",
-        "-o",
-        "trainer.epochs=2",
-        "-o",
-        "trainer.verbosity=1",
-        "--bs",
-        "16",
-    ]
-    job = Job(project, train_command("-c", "config.json", "--run-id", "stopped", *args))
-    job.wait_for("epoch 2/2 train")
-    time.sleep(0.5)
-    job.signal_group(signal.SIGTERM)
-    run_dir = tmp_path / "ImageFolder_CNN" / "stopped"
-    assert_clean_stop(job, job.finish(), signal.SIGTERM, run_dir)
-    resumed = Job(project, train_command("-r", str(run_dir / "latest.pth")))
-    assert resumed.finish() == 0, resumed.text()[-3000:]
-    assert [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2"]
+    args = ["-o", f"data_loader.args.data_dir={images}", "-o", f"trainer.save_dir={tmp_path}", "-o", "n_gpu=0",
+            "-o", "trainer.epochs=2", "-o", "trainer.verbosity=1", "--bs", "16"]
+    straight = Job(project, train_command("-c", "config.json", "--run-id", "straight", *args))
+    assert straight.finish() == 0, straight.text()[-3000:]
+    assert len(list((project / "cache").glob("images-*.pt"))) == 2  # train/ and val/, decoded once
+    streamed = ["-o", "data_loader.args.cache_dir=null", "-o", "data_loader.args.num_workers=2"]
+    for run_id, options in (("cached", []), ("streamed", streamed)):
+        job = Job(project, train_command("-c", "config.json", "--run-id", run_id, *args, *options))
+        job.wait_for("epoch 2/2 train")
+        time.sleep(0.5)
+        job.signal_group(signal.SIGTERM)
+        run_dir = tmp_path / "ImageFolder_CNN" / run_id
+        assert_clean_stop(job, job.finish(), signal.SIGTERM, run_dir)
+        resumed = Job(project, train_command("-r", str(run_dir / "latest.pth")))
+        assert resumed.finish() == 0, resumed.text()[-3000:]
+        assert_bitwise(tmp_path / "ImageFolder_CNN" / "straight", run_dir)

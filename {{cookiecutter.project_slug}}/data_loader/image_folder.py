@@ -1,28 +1,49 @@
 """Your own images, one folder per class: `data_dir/train/<class>/*.png` to train on,
 `data_dir/val/<class>/*.png` to validate on, and `data_dir/test/<class>/*.png` (or, without
-it, `val`) for test.py. Any image format PIL reads works; class names are the folder names.
+it, `val`) for test.py. Any format that torchvision or PIL decodes works; class names are the
+folder names.
 
 The class-to-label mapping is the training one: class `i` is the `i`-th of the sorted class
 folders of `train/`. `val/` and `test/` are labelled with it (they may lack classes, but may
-not add any), and checkpoints store it, so test.py labels the test images as training did."""
+not add any), and checkpoints store it, so test.py labels the test images as training did.
 
+Each image is decoded and resized once, into a uint8 cache (data_loader/image_files.py), so
+that batches are cut from one tensor in memory (on the GPU when it fits). The loader's
+`device_transform` then turns each batch into normalised floats on the device and, for
+training, shifts (and, with `hflip`, mirrors) its images at random, with draws that depend only
+on (seed, epoch, batch), so that a resumed run sees the very batches of an uninterrupted one."""
+
+import hashlib
 from pathlib import Path
 
-from torchvision import datasets, transforms
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets
 
 from base import BaseDataLoader
+from data_loader.image_files import CachedImages, StreamedImages, cached_images, fits_in_memory
+from utils import distributed
 from utils.errors import InputError
 
-MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+MEAN, STD = 0.5, 0.5  # of every channel, for pixel values in [0, 1]
+
+Batch = list[torch.Tensor]  # [images (B, 3, S, S), labels (B,)]
 
 
 class ImageFolderDataLoader(BaseDataLoader):
     """Images resized to `image_size` x `image_size` RGB. Training images are also shifted by up
-    to an eighth of their size (random crop of a padded image); validation and test images are
-    not. Without a `val` folder, `validation_split` of the training images validates instead.
+    to an eighth of their size (a random crop of the zero-padded image) and, with `hflip`,
+    mirrored left-right half of the time (wrong for digits and text, so off by default);
+    validation and test images are not. Without a `val` folder, `validation_split` of the
+    training images validates instead.
 
     `classes`: the class names in label order (test.py passes those of the checkpoint); None
-    takes the sorted class folders of `train/`. The mapping used is `self.classes`."""
+    takes the sorted class folders of `train/`. The mapping used is `self.classes`.
+    `cache_dir`: where the decoded images are cached (relative to the current folder); None
+    decodes every image every epoch instead, as folders too large for memory always are
+    (image_files.CACHE_MEMORY_FRACTION). `num_workers` only helps those: cached batches are cut
+    from memory in the training process."""
 
     def __init__(
         self,
@@ -34,50 +55,88 @@ class ImageFolderDataLoader(BaseDataLoader):
         num_workers: int = 0,
         training: bool = True,
         classes: list[str] | None = None,
+        hflip: bool = False,
+        cache_dir: str | None = "cache/",
     ) -> None:
         root = Path(data_dir)
-        evaluation = transforms.Compose([
-            transforms.Resize((image_size, image_size)), transforms.ToTensor(), transforms.Normalize(MEAN, STD),
-        ])
+        self.augment, self.hflip, self.padding = training, hflip, max(image_size // 8, 1)
         source = "the model's classes" if classes is not None else "the classes of train/"
         if training:
-            augmented = transforms.Compose([
-                transforms.Resize((image_size, image_size)),
-                transforms.RandomCrop(image_size, padding=max(image_size // 8, 1)),
-                transforms.ToTensor(),
-                transforms.Normalize(MEAN, STD),
-            ])
-            train = image_folder(root / "train", augmented, classes, source)
-            self.classes: list[str] = list(train.classes)
-            valid = image_folder(root / "val", evaluation, self.classes, source) if (root / "val").is_dir() else None
-            super().__init__(train, batch_size, shuffle, validation_split, num_workers, valid_dataset=valid)
+            train = labelled_files(root / "train", classes, source)
+            self.classes: list[str] = train[2]
+            valid = labelled_files(root / "val", self.classes, source) if (root / "val").is_dir() else None
+            super().__init__(
+                image_dataset(*train, image_size, cache_dir), batch_size, shuffle, validation_split, num_workers,
+                valid_dataset=image_dataset(*valid, image_size, cache_dir) if valid else None,
+            )
         else:
             self.classes = list(classes) if classes is not None else training_classes(root / "train")
             split = root / "test" if (root / "test").is_dir() else root / "val"
-            super().__init__(image_folder(split, evaluation, self.classes, source), batch_size, shuffle,
-                             validation_split, num_workers)
+            files = labelled_files(split, self.classes, source)
+            super().__init__(image_dataset(*files, image_size, cache_dir), batch_size, shuffle, validation_split,
+                             num_workers)
+
+    def device_transform(self, batch: Batch, epoch: int, index: int) -> Batch:
+        """Batch `index` of `epoch`, on the device: uint8 images to normalised floats, training
+        images randomly shifted (and mirrored) first, by draws of their own generator."""
+        images, labels = batch
+        if self.augment:
+            seed = batch_seed(self.seed, epoch, index, distributed.rank())
+            images = random_shift(images, self.padding, self.hflip, torch.Generator().manual_seed(seed))
+        return [normalise(images), labels]
+
+    def split_validation(self) -> DataLoader | None:
+        loader = super().split_validation()
+        if loader is not None:
+            loader.device_transform = evaluation_transform  # type: ignore[method-assign]
+        return loader
 
 
-class LabelledImageFolder(datasets.ImageFolder):
-    """An ImageFolder labelled with a given list of classes instead of its own sub-folders, so
-    that a split lacking a class does not shift the labels of the classes after it."""
+def evaluation_transform(batch: Batch, epoch: int, index: int) -> Batch:
+    """Validation batches: normalised, not augmented."""
+    images, labels = batch
+    return [normalise(images), labels]
 
-    def __init__(self, root: Path, transform: transforms.Compose, classes: list[str], source: str) -> None:
-        self.given_classes, self.source = classes, source
-        # a class of the mapping may have no folder (or no images) here; the split as a whole may not
-        super().__init__(str(root), transform=transform, allow_empty=True)
-        if not self.samples:
-            raise FileNotFoundError(f"Found no valid file in any class folder of {root}")
 
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        found, _ = super().find_classes(directory)
-        unknown = [name for name in found if name not in set(self.given_classes)]
-        if unknown:
-            raise InputError(
-                f"config: 'data_loader.args.data_dir': class folder '{unknown[0]}' of {directory} is not among "
-                f"{self.source} ({shorten(self.given_classes)}), so the model has no label for it"
-            )
-        return list(self.given_classes), {name: i for i, name in enumerate(self.given_classes)}
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) to float32, each channel's [0, 255] mapped by MEAN and STD."""
+    return images.to(torch.float32).div_(255.0).sub_(MEAN).div_(STD)
+
+
+def batch_seed(*parts: int) -> int:
+    """A seed that depends on every one of `parts` (seed, epoch, batch, rank), unrelated for
+    neighbouring values."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def random_shift(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+    """`images` (B, C, H, W), each shifted by its own offsets in [-padding, padding] down and
+    right, the uncovered border 0 (a random crop of the zero-padded image), and with `hflip` each
+    mirrored left-right with probability 1/2. One gather for the whole batch; the draws come
+    from `generator` on the CPU, so they are the same on every device."""
+    count, channels, height, width = images.shape
+    offsets = torch.randint(0, 2 * padding + 1, (2, count, 1), generator=generator)
+    columns = torch.arange(width).expand(count, width)
+    if hflip:
+        mirrored = torch.rand(count, 1, generator=generator) < 0.5
+        columns = torch.where(mirrored, columns.flip(1), columns)
+    rows = offsets[0] + torch.arange(height)  # (B, H) rows of the padded image
+    columns = offsets[1] + columns  # (B, W)
+    padded_width = width + 2 * padding
+    pixels = (rows[:, :, None] * padded_width + columns[:, None, :]).view(count, 1, height * width)
+    padded = F.pad(images, (padding, padding, padding, padding)).flatten(2)  # (B, C, (H + 2p) * (W + 2p))
+    picked = padded.gather(2, pixels.to(images.device).expand(count, channels, height * width))
+    return picked.view(count, channels, height, width)
+
+
+def image_dataset(folder: Path, files: list[tuple[Path, int]], classes: list[str], size: int,
+                  cache_dir: str | None) -> Dataset:
+    """The images of `folder` decoded once into the cache, or streamed when they are too many
+    for memory or `cache_dir` is None."""
+    paths, labels = [path for path, _ in files], [label for _, label in files]
+    if cache_dir is None or not fits_in_memory(len(paths), size):
+        return StreamedImages(paths, labels, classes, size)
+    return CachedImages(cached_images(folder, paths, size, Path(cache_dir).expanduser()), labels, classes)
 
 
 def shorten(names: list[str], limit: int = 10) -> str:
@@ -97,17 +156,31 @@ def training_classes(path: Path) -> list[str]:
         raise InputError(f"config: 'data_loader.args.data_dir': {path}: {exc}") from None
 
 
-def image_folder(path: Path, transform: transforms.Compose, classes: list[str] | None = None,
-                 source: str = "the classes of train/") -> datasets.ImageFolder:
+Files = tuple[Path, list[tuple[Path, int]], list[str]]  # (folder, [(image, label)], classes)
+
+
+def labelled_files(path: Path, classes: list[str] | None = None, source: str = "the classes of train/") -> Files:
     """The images below `path`, labelled by `classes` (from `source`, for messages) or, without
-    them, by the sorted class folders of `path`; a missing or empty folder is an InputError."""
+    them, by the sorted class folders of `path`. A missing or empty folder, or a class folder
+    that `classes` lacks, is an InputError."""
     if not path.is_dir():
         raise InputError(
             f"config: 'data_loader.args.data_dir': no folder '{path}'; expected images in {path}/<class>/"
         )
     try:
-        if classes is None:
-            return datasets.ImageFolder(str(path), transform=transform)
-        return LabelledImageFolder(path, transform, classes, source)
+        found = datasets.folder.find_classes(str(path))[0]
+        unknown = [name for name in found if classes is not None and name not in set(classes)]
+        if unknown:
+            raise InputError(
+                f"config: 'data_loader.args.data_dir': class folder '{unknown[0]}' of {path} is not among "
+                f"{source} ({shorten(classes or [])}), so the model has no label for it"
+            )
+        labels = list(classes) if classes is not None else found
+        # a class of a given mapping may have no folder (or no images) here; the split as a whole may not
+        files = datasets.folder.make_dataset(str(path), {name: i for i, name in enumerate(labels)},
+                                             datasets.folder.IMG_EXTENSIONS, allow_empty=classes is not None)
+        if not files:
+            raise FileNotFoundError(f"Found no valid file in any class folder of {path}")
     except (FileNotFoundError, ValueError) as exc:  # no class folders, or no images in them
         raise InputError(f"config: 'data_loader.args.data_dir': {path}: {exc}") from None
+    return path, [(Path(file), label) for file, label in files], labels

@@ -1,5 +1,7 @@
 """Own images (data_loader/image_folder.py; generated with dataset=image_folder only): one class
-mapping, the training one, labels train/, val/ and test/, and travels in the checkpoint."""
+mapping, the training one, labels train/, val/ and test/, and travels in the checkpoint; images
+are decoded once into a cache that follows every change of the files; training batches are
+shifted by draws that depend only on (seed, epoch, batch)."""
 
 import json
 import shutil
@@ -12,11 +14,15 @@ import torch
 
 import test as test_script
 import train
-from data_loader import ImageFolderDataLoader
+from data_loader import ImageFolderDataLoader, image_files
+from data_loader.image_folder import batch_seed, random_shift
 from parse_config import ConfigParser
 from utils.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# torchvision 0.29 warns on every image it decodes (its decoders are to move to TorchCodec)
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
 COLOURS = {"amber": (255, 160, 0), "blue": (0, 0, 255), "cyan": (0, 255, 255), "drab": (90, 90, 60)}
 
@@ -33,6 +39,11 @@ def write_images(root: Path, split: str, counts: dict[str, int]) -> None:
         for i in range(count):
             pixels = np.clip(np.array(COLOURS[name]) + rng.integers(-30, 30, size=(8, 8, 3)), 0, 255)
             Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the loader caches decoded images in ./cache/
 
 
 @pytest.fixture
@@ -119,7 +130,7 @@ def test_the_fit_check_leaves_an_augmented_run_bitwise_unchanged(
 ) -> None:
     def final_weights(run_id: str) -> dict[str, torch.Tensor]:
         parser = ConfigParser(image_config(images, tmp_path / "saved"), run_id=run_id)
-        train.train(parser)  # the random crops of training draw from the global RNG (no workers)
+        train.train(parser)  # the fit check shifts its sample batch as training does
         assert parser.run_dir is not None
         return torch.load(parser.run_dir / "latest.pth", weights_only=True)["state_dict"]
 
@@ -127,3 +138,123 @@ def test_the_fit_check_leaves_an_augmented_run_bitwise_unchanged(
     monkeypatch.setattr(train, "check_model_fits_data", lambda *args: None)
     unchecked = final_weights("unchecked")
     assert all(torch.equal(checked[key], unchecked[key]) for key in checked)
+
+
+def batches(loader: Any, epoch: int = 1) -> list[list[torch.Tensor]]:
+    """The epoch's batches as the trainer gets them (on the CPU): through `device_transform`."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    transform = getattr(loader, "device_transform", None)
+    return [transform(batch, epoch, index) if transform else batch for index, batch in enumerate(loader)]
+
+
+def test_images_are_decoded_once_and_a_changed_image_rebuilds_the_cache(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loader = ImageFolderDataLoader(str(images), batch_size=4, image_size=8)
+    assert loader.dataset.tensors[0].dtype == torch.uint8  # type: ignore[attr-defined]
+    cached = sorted((tmp_path / "cache").glob("*.pt"))
+    assert len(cached) == 2  # train/ and val/
+    first = loader.dataset.tensors[0].clone()  # type: ignore[attr-defined]
+
+    def no_decoding(path: Path, size: int) -> torch.Tensor:
+        raise AssertionError(f"decoded {path} again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(image_files, "read_image", no_decoding)
+        again = ImageFolderDataLoader(str(images), batch_size=4, image_size=8)  # from the cache alone
+    assert torch.equal(again.dataset.tensors[0], first)  # type: ignore[attr-defined]
+
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(images / "train" / "blue" / "3.png")  # same name, new pixels
+    changed = ImageFolderDataLoader(str(images), batch_size=4, image_size=8)
+    index = [path.name for path in sorted((images / "train" / "blue").iterdir())].index("3.png") + 12
+    white = torch.full((3, 8, 8), 255, dtype=torch.uint8)
+    assert torch.equal(changed.dataset.tensors[0][index], white)  # type: ignore[attr-defined]
+    assert len(sorted((tmp_path / "cache").glob("*.pt"))) == 2  # the stale train/ cache is gone
+    (images / "train" / "cyan" / "0.png").unlink()  # a changed file list rebuilds it too
+    assert len(ImageFolderDataLoader(str(images), batch_size=4, image_size=8).dataset) == 35  # type: ignore[arg-type]
+
+
+def test_a_corrupt_image_is_one_line_naming_the_file(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corrupt = images / "train" / "blue" / "5.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a picture" * 10)
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(image_config(images, tmp_path / "saved")))
+    assert train.main(["-c", str(config_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: image {corrupt} cannot be decoded (") and err.count("\n") == 1, err
+    assert not (tmp_path / "saved").exists()
+
+
+def test_an_unwritable_cache_folder_is_one_line(images: Path, tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file where the cache folder should be")
+    with pytest.raises(InputError, match=r"^config: 'data_loader.args.cache_dir': cannot write the image cache"):
+        ImageFolderDataLoader(str(images), batch_size=4, cache_dir=str(tmp_path / "blocked" / "cache"))
+
+
+def test_the_batched_shift_is_a_per_sample_padded_crop() -> None:
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    for hflip in (False, True):
+        shifted = random_shift(images, 2, hflip, torch.Generator().manual_seed(7))
+        generator = torch.Generator().manual_seed(7)  # the same draws, in the same order
+        offsets = torch.randint(0, 5, (2, 6, 1), generator=generator)
+        mirrored = torch.rand(6, 1, generator=generator) < 0.5 if hflip else torch.zeros(6, 1, dtype=torch.bool)
+        padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+        for i in range(6):
+            top, left = int(offsets[0, i]), int(offsets[1, i])
+            crop = padded[i, :, top : top + 8, left : left + 8]
+            assert torch.equal(shifted[i], crop.flip(-1) if mirrored[i] else crop), (hflip, i)
+        assert bool(mirrored.any()) == hflip  # seed 7 mirrors some of the 6
+
+
+def test_training_draws_depend_only_on_seed_epoch_and_batch(images: Path) -> None:
+    loader = ImageFolderDataLoader(str(images), batch_size=8, image_size=8, cache_dir=None)
+    batch = next(iter(loader))
+    state = torch.get_rng_state()
+    first = loader.device_transform(batch, 2, 3)[0]
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is neither used nor advanced
+    assert torch.equal(loader.device_transform(batch, 2, 3)[0], first)
+    assert not torch.equal(loader.device_transform(batch, 2, 4)[0], first)  # another batch number
+    assert not torch.equal(loader.device_transform(batch, 3, 3)[0], first)  # another epoch
+    assert batch_seed(loader.seed, 2, 3, 0) != batch_seed(loader.seed + 1, 2, 3, 0)
+    unshifted = (batch[0].float() / 255 - 0.5) / 0.5
+    valid = loader.split_validation()
+    assert valid is not None
+    assert not torch.equal(first, unshifted)
+    assert torch.equal(valid.device_transform(batch, 2, 3)[0], unshifted)  # type: ignore[misc]
+
+
+def test_streamed_images_give_the_batches_of_cached_ones(images: Path) -> None:
+    cached = ImageFolderDataLoader(str(images), batch_size=4, image_size=6)
+    streamed = ImageFolderDataLoader(str(images), batch_size=4, image_size=6, cache_dir=None, num_workers=2)
+    assert isinstance(streamed.dataset, image_files.StreamedImages)
+    streamed.seed = cached.seed
+    for split in ((cached, streamed), (cached.split_validation(), streamed.split_validation())):
+        expected, actual = batches(split[0], epoch=2), batches(split[1], epoch=2)
+        assert len(expected) == len(actual) > 1
+        for one, other in zip(expected, actual, strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(one, other, strict=True))
+
+
+def test_under_ddp_the_other_ranks_read_the_cache_that_rank_0_wrote(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = images / "train"
+    paths = sorted(folder.rglob("*.png"))
+    broadcasts: list[Any] = []
+    monkeypatch.setattr(image_files.distributed, "broadcast", lambda value: broadcasts.append(value) or value)
+    built = image_files.cached_images(folder, paths, 8, tmp_path / "cache")  # rank 0
+    assert broadcasts == [None]  # no error: the others go on and read
+    monkeypatch.setattr(image_files.distributed, "is_main", lambda: False)  # rank 1, after that broadcast
+    with monkeypatch.context() as patched:
+        patched.setattr(image_files, "read_image", lambda path, size: pytest.fail(f"decoded {path} again"))
+        assert torch.equal(image_files.cached_images(folder, paths, 8, tmp_path / "cache"), built)
+    other_machine = image_files.cached_images(folder, paths, 8, tmp_path / "unshared")  # decodes for itself
+    assert torch.equal(other_machine, built)
+    monkeypatch.setattr(image_files.distributed, "broadcast", lambda value: "image x cannot be decoded (rank 0)")
+    with pytest.raises(InputError, match="rank 0"):  # rank 0's error, on every rank
+        image_files.cached_images(folder, paths, 8, tmp_path / "cache")
