@@ -543,7 +543,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile", action="store_true", help="also time ours with -o trainer.compile=true (ours-compiled)"
     )
+    parser.add_argument(
+        "--images",
+        action="store_true",
+        help="time the image_folder option against torchvision's ImageFolder instead (bench/images.py, 4 epochs; "
+        "--threads and --json are passed on)",
+    )
     args = parser.parse_args(argv)
+    if args.images:
+        sys.dont_write_bytecode = True  # no __pycache__ in the repository
+        import images
+
+        passed_on = [
+            *(["--threads", str(args.threads)] if args.threads else []),
+            *(["--json", str(args.json)] if args.json else []),
+        ]
+        return images.main(passed_on)
     if args.epochs < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--epochs, --repeats and --threads must be 1 or more")
     sys.dont_write_bytecode = True  # importing tests/mnist_sample.py must leave no __pycache__ in the repo

@@ -56,8 +56,9 @@ def prepare(out: Path) -> tuple[Path, Path]:
     from cookiecutter.main import cookiecutter
 
     shutil.rmtree(out / bench.PROJECT_NAME, ignore_errors=True)
-    project = Path(cookiecutter(str(bench.REPO), no_input=True, output_dir=str(out),
-                                extra_context={"dataset": "image_folder"}))
+    project = Path(
+        cookiecutter(str(bench.REPO), no_input=True, output_dir=str(out), extra_context={"dataset": "image_folder"})
+    )
     compileall.compile_dir(str(project), quiet=1)
     sys.path.insert(0, str(bench.REPO / "tests"))
     try:
@@ -127,8 +128,10 @@ def baseline_worker(project: str, data_dir: str, timings_path: str) -> int:
     evaluation = datasets.ImageFolder(f"{data_dir}/train", transforms.Compose([resize, *normalise]))
     tensors = [decoded(dataset) for dataset in (evaluation, val_set)]
     generator = torch.Generator().manual_seed(bench.SEED)
-    result["floor_epochs"] = [timed(lambda: train_and_validate(
-        model, optimizer, batches(*tensors[0], generator), batches(*tensors[1]))) for _ in range(FLOOR_PASSES)]
+    result["floor_epochs"] = [
+        timed(lambda: train_and_validate(model, optimizer, batches(*tensors[0], generator), batches(*tensors[1])))
+        for _ in range(FLOOR_PASSES)
+    ]
     result["ours_loader"] = our_loader_epoch(data_dir)
     Path(timings_path).write_text(json.dumps(result))
     return 0
@@ -193,13 +196,16 @@ def child(call: str, cwd: Path, env: dict[str, str], log: Path, timings: Path) -
     """Run `images.<call>` in a fresh `python -c`; returns the timings it wrote."""
     import subprocess
 
-    code = ("import sys; sys.dont_write_bytecode = True; "
-            f"sys.path.append({str(bench.BENCH_DIR)!r}); import images; sys.dont_write_bytecode = False; "
-            f"sys.exit(images.{call})")
+    code = (
+        "import sys; sys.dont_write_bytecode = True; "
+        f"sys.path.append({str(bench.BENCH_DIR)!r}); import images; sys.dont_write_bytecode = False; "
+        f"sys.exit(images.{call})"
+    )
     timings.unlink(missing_ok=True)
     with open(log, "w") as log_file:
-        process = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, stdout=log_file,
-                                 stderr=subprocess.STDOUT, check=False)
+        process = subprocess.run(
+            [sys.executable, "-c", code], cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False
+        )
     if process.returncode != 0 or not timings.is_file():
         sys.exit(f"{call.split('(')[0]} failed (exit status {process.returncode}); see {log}")
     return json.loads(timings.read_text())
@@ -212,15 +218,31 @@ def measure(out: Path, epochs: int, threads: int | None) -> dict[str, Any]:
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     env = bench.child_env("cpu", threads)
-    args = ["-c", "config.json", "-o", f"data_loader.args.data_dir={data}", "-o", "n_gpu=0",
-            "-o", f"trainer.epochs={epochs}", "--run-id", "bench"]
+    args = [
+        "-c",
+        "config.json",
+        "-o",
+        f"data_loader.args.data_dir={data}",
+        "-o",
+        "n_gpu=0",
+        "-o",
+        f"trainer.epochs={epochs}",
+        "--run-id",
+        "bench",
+    ]
     shutil.rmtree(project / "saved" / "ImageFolder_CNN" / "bench", ignore_errors=True)
     print(f"ours:    python train.py {shlex.join(args)}  (in {project}, cache/ empty)", flush=True)
-    ours = child(f"ours_worker({args!r}, {str(logs / 'ours.json')!r})", project, env, logs / "ours.log",
-                 logs / "ours.json")
+    ours = child(
+        f"ours_worker({args!r}, {str(logs / 'ours.json')!r})", project, env, logs / "ours.log", logs / "ours.json"
+    )
     print(f"torchvision: ImageFolder + PIL + DataLoader(num_workers={WORKERS}), then the floor ...", flush=True)
-    baseline = child(f"baseline_worker({str(project)!r}, {str(data)!r}, {str(logs / 'base.json')!r})", project,
-                     env, logs / "baseline.log", logs / "base.json")
+    baseline = child(
+        f"baseline_worker({str(project)!r}, {str(data)!r}, {str(logs / 'base.json')!r})",
+        project,
+        env,
+        logs / "baseline.log",
+        logs / "base.json",
+    )
     return {"ours": ours, **baseline}
 
 
@@ -243,10 +265,12 @@ def report(timings: dict[str, Any]) -> dict[str, float]:
         "first_epoch_over_torchvision": first / tv_epoch,
         "torchvision_over_later_epochs": tv_epoch / later,
     }
-    print(f"ratios:  epochs 2+ / floor {ratios['later_epochs_over_floor']:.2f}x (target <= 1.10x); "
-          f"loader alone, torchvision / ours {ratios['torchvision_loader_over_ours']:.1f}x (target >= 5x); "
-          f"first epoch / torchvision's {ratios['first_epoch_over_torchvision']:.2f}x (target <= 1.5x); "
-          f"torchvision's epoch / ours (2+) {ratios['torchvision_over_later_epochs']:.2f}x")
+    print(
+        f"ratios:  epochs 2+ / floor {ratios['later_epochs_over_floor']:.2f}x (target <= 1.10x); "
+        f"loader alone, torchvision / ours {ratios['torchvision_loader_over_ours']:.1f}x (target >= 5x); "
+        f"first epoch / torchvision's {ratios['first_epoch_over_torchvision']:.2f}x (target <= 1.5x); "
+        f"torchvision's epoch / ours (2+) {ratios['torchvision_over_later_epochs']:.2f}x"
+    )
     return ratios
 
 

@@ -119,8 +119,12 @@ def expected_files(answers: dict[str, str]) -> set[str]:
     if answers.get("sweeps") == "no":
         files -= SWEEP_FILES
     if answers.get("dataset") == "image_folder":
-        files |= {"data_loader/image_folder.py", "data_loader/image_files.py", "config_mnist.json",
-                  "tests/test_image_folder.py"}
+        files |= {
+            "data_loader/image_folder.py",
+            "data_loader/image_files.py",
+            "config_mnist.json",
+            "tests/test_image_folder.py",
+        }
     return files
 
 

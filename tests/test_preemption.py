@@ -289,8 +289,20 @@ def test_own_images_stop_cleanly_on_a_group_sigterm_and_resume_exactly(
     process: exit 1, a traceback, no latest.pth)."""
     project = render(dataset="image_folder")
     images = png_digits  # 100 training and 30 validation images per class
-    args = ["-o", f"data_loader.args.data_dir={images}", "-o", f"trainer.save_dir={tmp_path}", "-o", "n_gpu=0",
-            "-o", "trainer.epochs=2", "-o", "trainer.verbosity=1", "--bs", "16"]
+    args = [
+        "-o",
+        f"data_loader.args.data_dir={images}",
+        "-o",
+        f"trainer.save_dir={tmp_path}",
+        "-o",
+        "n_gpu=0",
+        "-o",
+        "trainer.epochs=2",
+        "-o",
+        "trainer.verbosity=1",
+        "--bs",
+        "16",
+    ]
     straight = Job(project, train_command("-c", "config.json", "--run-id", "straight", *args))
     assert straight.finish() == 0, straight.text()[-3000:]
     assert len(list((project / "cache").glob("images-*.pt"))) == 2  # train/ and val/, decoded once
