@@ -9,7 +9,7 @@ exact resume, SIGTERM safety, DDP, mixed precision and accumulation without know
 
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from utils.checkpoint import (
     CheckpointSaver,
     Progress,
 )
-from utils.device import compile_model, keep_on_device, move_to, wrap_model
+from utils.device import compile_model, keep_on_device, on_device, wrap_model
 from utils.errors import TrainingInterrupted
 from utils.lr_schedule import check_step_budget, scheduler_interval, step_scheduler
 from utils.monitor import Monitor
@@ -180,7 +180,7 @@ class BaseTrainer(CheckpointedRun):
         self._begin_epoch(skip, total)
         self.model.train()
         with self._bar(self.data_loader, f"epoch {epoch}/{self.epochs} train", skip) as bar:
-            for batch in self._on_device(bar, self.data_loader, epoch, skip):
+            for batch in on_device(bar, self.data_loader, self.device, epoch, skip):
                 step = self.stepper.is_due(self.progress.batches_done + 1, total)
                 self._train_batch(batch, step)
                 self.progress.batches_done += 1
@@ -231,7 +231,7 @@ class BaseTrainer(CheckpointedRun):
         self.raw_model.eval()
         self.valid_metrics.reset()
         with self._bar(loader, description) as bar:
-            for batch in self._on_device(bar, loader, epoch):
+            for batch in on_device(bar, loader, self.device, epoch):
                 with self.stepper.autocast():
                     loss, output, target = self.valid_step(batch)
                 self._update_metrics(self.valid_metrics, loss, output, target)
@@ -245,21 +245,6 @@ class BaseTrainer(CheckpointedRun):
                         target: torch.Tensor) -> None:
         with torch.no_grad():
             tracker.update_batch([loss, *(fn(output, target) for fn in self.metric_fns)], target.size(0))
-
-    def _on_device(self, batches: Iterable[Batch], loader: DataLoader, epoch: int, first: int = 0) -> Iterator[Batch]:
-        """`batches` (of `loader`, the first being its batch number `first` of `epoch`) on the
-        device, through the loader's `device_transform` if it has one. Each batch's copy to the
-        device is started (asynchronously from pinned memory) before the previous batch is
-        handed on, so that it overlaps that batch's computation."""
-        transform = getattr(loader, "device_transform", None)
-        ready = None
-        for index, batch in enumerate(batches, start=first):
-            moved = move_to(batch, self.device)
-            if ready is not None:
-                yield ready
-            ready = moved if transform is None else transform(moved, epoch, index)
-        if ready is not None:
-            yield ready
 
     def _bar(self, loader: DataLoader, description: str, done: int = 0) -> tqdm:
         """A progress bar over `loader`, which serves what is left after `done` batches."""
@@ -279,30 +264,19 @@ class BaseTrainer(CheckpointedRun):
             self.train_metrics.load_state(resumed, self.device)
         self.tracked_from = skip
 
-    def _resumed_metrics(self) -> dict[str, Any] | None:
-        """This process's share of the saved running metrics: its own when the number of
-        processes is unchanged; otherwise all of them, on rank 0 alone."""
-        saved = self.progress.epoch_metrics
-        if saved is None:
-            return None
-        states = saved["per_rank"] if "per_rank" in saved else [saved]
-        if len(states) == distributed.world_size():
-            return states[distributed.rank()]
-        return MetricTracker.merged(states) if self.is_main else None
-
     def dry_run(self) -> dict[str, float]:
         """One training batch (with its optimizer step) and one validation batch, to prove that
         everything fits together; returns their metrics. Writes nothing."""
         self.model.train()
         self.train_metrics.reset()
-        self._train_batch(next(self._on_device(self.data_loader, self.data_loader, 1)), step=True)
+        self._train_batch(next(on_device(self.data_loader, self.data_loader, self.device, 1)), step=True)
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
             self.raw_model.eval()
             self.valid_metrics.reset()
             with torch.no_grad(), self.stepper.autocast():
-                loss, output, target = self.valid_step(next(self._on_device(self.valid_data_loader,
-                                                                            self.valid_data_loader, 1)))
+                loss, output, target = self.valid_step(next(on_device(self.valid_data_loader, self.valid_data_loader,
+                                                                      self.device, 1)))
             self._update_metrics(self.valid_metrics, loss, output, target)
             log.update({f"val_{key}": value for key, value in self.valid_metrics.result().items()})
         return log

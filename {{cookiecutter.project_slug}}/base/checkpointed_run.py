@@ -16,6 +16,7 @@ from utils.checkpoint import load_checkpoint, load_weights, restore_training_sta
 from utils.errors import InputError, TrainingDiverged, TrainingInterrupted
 from utils.resume import apply_changes, capture_hyperparameters, check_changes, config_changes
 from utils.signals import stop_request
+from utils.tracker import MetricTracker
 
 logger = logging.getLogger("trainer")
 
@@ -75,6 +76,17 @@ class CheckpointedRun:
             self.last_checkpoint = str(self._saver.run_dir / "latest.pth")
         self.saving.saved(self.progress.global_step)
         distributed.barrier()
+
+    def _resumed_metrics(self) -> dict[str, Any] | None:
+        """This process's share of the saved running metrics: its own when the number of
+        processes is unchanged; otherwise all of them, on rank 0 alone."""
+        saved = self.progress.epoch_metrics
+        if saved is None:
+            return None
+        states = saved["per_rank"] if "per_rank" in saved else [saved]
+        if len(states) == distributed.world_size():
+            return states[distributed.rank()]
+        return MetricTracker.merged(states) if self.is_main else None
 
     def _epoch_metrics_state(self) -> dict[str, Any]:
         """The running training metrics: every DDP rank's own, so that each can go on exactly."""

@@ -115,17 +115,18 @@ def random_shift(images: torch.Tensor, padding: int, hflip: bool, generator: tor
     mirrored left-right with probability 1/2. One gather for the whole batch; the draws come
     from `generator` on the CPU, so they are the same on every device."""
     count, channels, height, width = images.shape
-    offsets = torch.randint(0, 2 * padding + 1, (2, count, 1), generator=generator)
-    columns = torch.arange(width).expand(count, width)
+    device = images.device  # the draws are made on the CPU, the index is built where the images are
+    offsets = torch.randint(0, 2 * padding + 1, (2, count, 1), generator=generator).to(device)
+    columns = torch.arange(width, device=device).expand(count, width)
     if hflip:
-        mirrored = torch.rand(count, 1, generator=generator) < 0.5
+        mirrored = (torch.rand(count, 1, generator=generator) < 0.5).to(device)
         columns = torch.where(mirrored, columns.flip(1), columns)
-    rows = offsets[0] + torch.arange(height)  # (B, H) rows of the padded image
+    rows = offsets[0] + torch.arange(height, device=device)  # (B, H) rows of the padded image
     columns = offsets[1] + columns  # (B, W)
     padded_width = width + 2 * padding
     pixels = (rows[:, :, None] * padded_width + columns[:, None, :]).view(count, 1, height * width)
     padded = F.pad(images, (padding, padding, padding, padding)).flatten(2)  # (B, C, (H + 2p) * (W + 2p))
-    picked = padded.gather(2, pixels.to(images.device).expand(count, channels, height * width))
+    picked = padded.gather(2, pixels.expand(count, channels, height * width))
     return picked.view(count, channels, height, width)
 
 

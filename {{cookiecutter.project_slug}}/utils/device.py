@@ -3,6 +3,7 @@ model and the batches get there."""
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -64,6 +65,22 @@ def move_to(batch: Any, device: torch.device) -> Any:
         moved = [move_to(value, device) for value in batch]
         return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
     return batch
+
+
+def on_device(batches: Iterable[Any], loader: Any, device: torch.device, epoch: int, first: int = 0) -> Iterator[Any]:
+    """`batches` (of `loader`, the first being its batch number `first` of `epoch`) on `device`,
+    through the loader's `device_transform` if it has one. Each batch's copy to the device is
+    started (asynchronously from pinned memory) before the previous batch is handed on, so that
+    it overlaps that batch's computation."""
+    transform = getattr(loader, "device_transform", None)
+    ready = None
+    for index, batch in enumerate(batches, start=first):
+        moved = move_to(batch, device)
+        if ready is not None:
+            yield ready
+        ready = moved if transform is None else transform(moved, epoch, index)
+    if ready is not None:
+        yield ready
 
 
 def keep_on_device(loader: Any, device: torch.device) -> None:

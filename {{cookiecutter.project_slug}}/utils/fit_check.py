@@ -40,18 +40,11 @@ def check_model_fits_data(
 
     The model runs in eval mode without gradients; its modes and every global RNG are restored,
     so that a run checked here is bitwise the run it would be unchecked."""
-    sample_batch = getattr(data_loader, "sample_batch", None)
-    if sample_batch is None:
-        return
     with rng_preserved(device):  # a random transform of the sample, or the model, may draw from them
-        batch = sample_batch()
-        transform = getattr(data_loader, "device_transform", None)  # e.g. uint8 images to normalised floats
-        if transform is not None:
-            batch = transform(move_to(batch, device), 1, 0)
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2
-                and all(isinstance(part, torch.Tensor) for part in batch)):
+        sample = sample_on_device(data_loader, device)
+        if sample is None:
             return
-        data, target = batch[0].to(device), batch[1].to(device)
+        data, target = sample
         output = forward_in_eval_mode(model, data)
         if not isinstance(output, torch.Tensor) or output.dim() < 2:
             return
@@ -70,6 +63,22 @@ def check_model_fits_data(
                 except ValueError as exc:  # the function's own judgement of the model's output
                     name = getattr(fn, "__name__", type(fn).__name__)
                     raise InputError(f"config: {kind} '{name}': {exc}") from None
+
+
+def sample_on_device(data_loader: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The loader's one-sample batch on `device`, as a step receives it (through the loader's
+    `device_transform`, e.g. uint8 images to normalised floats); None when the loader has no
+    `sample_batch` or its batches are not a (data, target) pair of tensors."""
+    sample_batch = getattr(data_loader, "sample_batch", None)
+    if sample_batch is None:
+        return None
+    batch = move_to(sample_batch(), device)
+    transform = getattr(data_loader, "device_transform", None)
+    if transform is not None:
+        batch = transform(batch, 1, 0)
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(p, torch.Tensor) for p in batch)):
+        return None
+    return batch[0], batch[1]
 
 
 def forward_in_eval_mode(model: nn.Module, data: torch.Tensor) -> Any:
