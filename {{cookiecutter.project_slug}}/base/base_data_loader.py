@@ -145,7 +145,7 @@ def resident_tensors(dataset: Dataset, device: torch.device, num_workers: int) -
     memory (copied once and shared by the loaders of one dataset, e.g. training and held-out
     validation). On the CPU the tensors themselves. None otherwise: the loader then fetches
     batches on the host (pinned, on a GPU machine) and the trainer copies each ahead of use."""
-    if not isinstance(dataset, TensorDataset) or num_workers > 0:
+    if not is_plain_tensor_dataset(dataset) or num_workers > 0:
         return None
     if device.type == "cpu":
         return tuple(dataset.tensors)
@@ -227,7 +227,7 @@ class BaseDataLoader(StopSafeDataLoader):
     def _fetches_whole_batches(self, dataset: Dataset) -> bool:
         """Tensors in memory are fetched a batch at a time (one indexing per tensor) rather than
         sample by sample and stacked by the collate function: the same batches, far cheaper."""
-        return isinstance(dataset, TensorDataset) and self._collate_fn is default_collate
+        return is_plain_tensor_dataset(dataset) and self._collate_fn is default_collate
 
     def _batching(self, batches: Iterable[list[int]], dataset: Dataset) -> dict[str, Any]:
         if self._fetches_whole_batches(dataset):
@@ -249,6 +249,12 @@ class BaseDataLoader(StopSafeDataLoader):
         # its own generator (of worker seeds), so that validating draws nothing from the global RNG
         return StopSafeDataLoader(dataset, generator=torch.Generator(), **self._batching(batches, dataset),
                                   **self._loader_args)
+
+
+def is_plain_tensor_dataset(dataset: Dataset) -> bool:
+    """A TensorDataset whose samples are its tensors' rows as they are: a subclass that changes
+    `__getitem__` (a transform per sample) is loaded sample by sample, through that method."""
+    return isinstance(dataset, TensorDataset) and type(dataset).__getitem__ is TensorDataset.__getitem__
 
 
 def _max_label(dataset: Dataset) -> int | None:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from base.checkpointed_run import CheckpointedRun, SaveSchedule
+from base.checkpointed_run import AgreementSchedule, CheckpointedRun, SaveSchedule
 from logger.epoch_writer import EpochWriter
 from parse_config import ConfigParser
 from utils import distributed
@@ -79,6 +79,7 @@ class BaseTrainer(CheckpointedRun):
         self.progress = Progress()  # epoch/batches_done: where training stands
         self.start_epoch, self.start_batch = 1, 0
         self.saving = SaveSchedule(options["save_every_steps"], options["save_every_minutes"])
+        self.agreement = AgreementSchedule()  # when DDP ranks agree on a stop
         self.stop_signal: int | None = None  # SIGINT/SIGTERM that stops training, agreed by every rank
         self.stop_requested = False  # set by on_epoch_end (e.g. a pruned trial): stop after this epoch
         self.last_checkpoint: str | None = None  # what this run last wrote: the one to go back to

@@ -20,10 +20,11 @@ from utils.tracker import MetricTracker
 
 logger = logging.getLogger("trainer")
 
-# Under DDP the ranks agree whether to stop (a signal) every this many optimizer steps: a
-# signal stops training at most this many steps later, and the other steps need no collective
-# operation (a single process reads its own signal at every step).
-AGREE_EVERY_STEPS = 10
+# Under DDP the ranks agree whether to stop (a signal may reach only some of them) about this
+# often, and at least every MAX_STEPS_APART optimizer steps: the steps between need no collective
+# operation and no read from the device (a single process reads its own signal at every step).
+AGREE_EVERY_SECONDS = 1.0
+MAX_STEPS_APART = 50
 
 
 class CheckpointedRun:
@@ -34,13 +35,15 @@ class CheckpointedRun:
         """At an optimizer-step boundary: (stop now, save the position now), the same on every
         DDP rank. A save every N steps needs no agreement; a signal (which may reach only some
         ranks) and a save every N minutes (their clocks differ) are agreed by one all-reduce
-        every AGREE_EVERY_STEPS steps, or now with `agree` (every rank must pass it alike)."""
+        when `self.agreement` says so, or now with `agree` (every rank must pass it alike)."""
         step = self.progress.global_step
         steps_due = self.saving.steps_due(step)
-        if distributed.active() and not agree and step % AGREE_EVERY_STEPS:
+        if distributed.active() and not agree and not self.agreement.due(step):
             return False, steps_due
-        signal_number, time_due = distributed.max_across_ranks(
-            [stop_request.signal_number or 0, int(self.saving.time_due())], self.device)
+        signal_number, time_due, slowest_ms = distributed.max_across_ranks(
+            [stop_request.signal_number or 0, int(self.saving.time_due()), int(self.agreement.elapsed() * 1000)],
+            self.device)
+        self.agreement.agreed(step, slowest_ms / 1000)
         self.stop_signal = signal_number or None
         return self.stop_signal is not None, steps_due or bool(time_due)
 
@@ -203,3 +206,31 @@ class SaveSchedule:
 
     def time_due(self) -> bool:
         return self.every_seconds is not None and time.monotonic() - self.last_time >= self.every_seconds
+
+
+class AgreementSchedule:
+    """When DDP ranks next agree on a stop: every so many optimizer steps, that number taken from
+    how long the last steps took on the slowest rank, so that a signal is acted on within about
+    AGREE_EVERY_SECONDS (plus one step) whether a step takes a millisecond or a minute. The
+    inputs are agreed values, so every rank computes the same schedule."""
+
+    def __init__(self) -> None:
+        self.next_step = 0
+        self.last_step: int | None = None  # of the last agreement
+        self.last_time = time.monotonic()
+
+    def due(self, global_step: int) -> bool:
+        return global_step >= self.next_step
+
+    def elapsed(self) -> float:
+        """Seconds since this rank's last agreement."""
+        return time.monotonic() - self.last_time
+
+    def agreed(self, global_step: int, slowest_seconds: float) -> None:
+        """An agreement at `global_step`, `slowest_seconds` after the previous one on the slowest rank."""
+        every = 1  # the first time: no step time measured yet
+        if self.last_step is not None and global_step > self.last_step:
+            per_step = slowest_seconds / (global_step - self.last_step)
+            every = MAX_STEPS_APART if per_step <= 0 else int(AGREE_EVERY_SECONDS / per_step)
+        self.next_step = global_step + min(max(every, 1), MAX_STEPS_APART)
+        self.last_step, self.last_time = global_step, time.monotonic()

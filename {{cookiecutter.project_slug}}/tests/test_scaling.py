@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import train
+from base import checkpointed_run
 from base.base_data_loader import EpochBatches
-from base.checkpointed_run import AGREE_EVERY_STEPS, CheckpointedRun, SaveSchedule
+from base.checkpointed_run import MAX_STEPS_APART, AgreementSchedule, CheckpointedRun, SaveSchedule
 from parse_config import ConfigParser
 from utils import distributed
 from utils.checkpoint import Progress
@@ -72,10 +73,10 @@ def test_ddp_shards_give_every_rank_the_same_number_of_steps(n_samples: int) -> 
     assert sorted(index for shard in shards for batch in shard for index in batch) == list(range(101))
 
 
-def test_ddp_ranks_agree_on_a_stop_every_few_steps_and_save_by_steps_without_agreeing(
+def test_ddp_ranks_agree_on_a_stop_about_once_a_second_and_save_by_steps_without_agreeing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    collectives = []
+    clock, collectives = [0.0], []
 
     def max_across_ranks(values: list[int], device: torch.device) -> list[int]:
         collectives.append(run.progress.global_step)
@@ -83,21 +84,33 @@ def test_ddp_ranks_agree_on_a_stop_every_few_steps_and_save_by_steps_without_agr
 
     monkeypatch.setattr(distributed, "active", lambda: True)
     monkeypatch.setattr(distributed, "max_across_ranks", max_across_ranks)
+    monkeypatch.setattr(checkpointed_run.time, "monotonic", lambda: clock[0])
     run = CheckpointedRun()
     run.progress, run.device = Progress(), torch.device("cpu")
-    run.saving = SaveSchedule(every_steps=7, every_minutes=None)
-    saves = []
-    for step in range(1, 26):
-        run.progress.global_step = step
-        stop, save = run.poll()
-        assert not stop
-        if save:
-            saves.append(step)
-            run.saving.saved(step)
-    assert collectives == [AGREE_EVERY_STEPS, 2 * AGREE_EVERY_STEPS]  # one all-reduce per AGREE_EVERY_STEPS steps
+    run.saving, run.agreement = SaveSchedule(every_steps=7, every_minutes=None), AgreementSchedule()
+
+    def steps(first: int, last: int, seconds_each: float) -> list[int]:
+        collectives.clear()
+        saves = []
+        for step in range(first, last + 1):
+            clock[0] += seconds_each
+            run.progress.global_step = step
+            stop, save = run.poll()
+            assert not stop
+            if save:
+                saves.append(step)
+                run.saving.saved(step)
+        return saves
+
+    saves = steps(1, 25, 0.25)  # 4 steps a second: one agreement every 4 steps, once measured
+    assert collectives == [1, 2, 6, 10, 14, 18, 22]
     assert saves == [7, 14, 21]  # every rank counts the same steps: no agreement needed
+    steps(26, 200, 0.001)  # fast steps: at most MAX_STEPS_APART apart
+    assert collectives[-1] - collectives[-2] == MAX_STEPS_APART
+    steps(201, 260, 3.0)  # slow steps: once the step scheduled in the fast phase comes, every step
+    assert collectives[0] <= 200 + MAX_STEPS_APART and collectives[-3:] == [258, 259, 260]
     run.poll(agree=True)  # at the end of an epoch: every rank agrees whatever the step
-    assert collectives[-1] == 25
+    assert collectives[-2:] == [260, 260]
 
 
 def test_deterministic_training_sets_the_flags_and_trains_on_the_cpu(

@@ -103,8 +103,8 @@ class MetricTracker:
 
 
 def _as_float32(value: torch.Tensor | float, device: torch.device) -> torch.Tensor:
-    """A batch value as a detached 0-d float32 tensor (a Python number or a one-element tensor
-    from a user's metric is accepted too)."""
-    if isinstance(value, torch.Tensor) and value.dtype == torch.float32 and value.dim() == 0:
+    """A batch value as a detached 0-d float32 tensor on `device` (the loss's): a Python number,
+    a one-element tensor or a tensor on another device from a user's metric are accepted too."""
+    if isinstance(value, torch.Tensor) and value.dtype == torch.float32 and value.dim() == 0 and value.device == device:
         return value.detach()
-    return torch.as_tensor(value, device=device).detach().float().reshape(())
+    return torch.as_tensor(value).detach().to(device=device, dtype=torch.float32).reshape(())
