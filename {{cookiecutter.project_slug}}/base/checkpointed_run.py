@@ -23,8 +23,8 @@ logger = logging.getLogger("trainer")
 # Under DDP the ranks agree whether to stop (a signal may reach only some of them) about this
 # often, and at least every MAX_STEPS_APART optimizer steps: the steps between need no collective
 # operation and no read from the device (a single process reads its own signal at every step).
-AGREE_EVERY_SECONDS = 1.0
-MAX_STEPS_APART = 50
+AGREE_EVERY_SECONDS = 0.25
+MAX_STEPS_APART = 20
 
 
 class CheckpointedRun:

@@ -109,6 +109,7 @@ class Sweep:
         self._tell_followers(("done",))
         result = summary(study, self.metric, self.url)
         report_summary(result, self.folder)
+        distributed.barrier()  # the others wait here, so that no rank tears its connections down early
         return result
 
     def _tell_followers(self, message: tuple[Any, ...]) -> None:
@@ -163,6 +164,7 @@ class Sweep:
         while True:
             kind, *details = distributed.broadcast(None)
             if kind == "done":
+                distributed.barrier()  # until rank 0 has written the summary: the ranks end together
                 return
             if kind == "end":
                 raise SweepEnded(*details)

@@ -12,7 +12,13 @@ import torch
 import train
 from base import checkpointed_run
 from base.base_data_loader import EpochBatches
-from base.checkpointed_run import MAX_STEPS_APART, AgreementSchedule, CheckpointedRun, SaveSchedule
+from base.checkpointed_run import (
+    AGREE_EVERY_SECONDS,
+    MAX_STEPS_APART,
+    AgreementSchedule,
+    CheckpointedRun,
+    SaveSchedule,
+)
 from parse_config import ConfigParser
 from utils import distributed
 from utils.checkpoint import Progress
@@ -73,7 +79,7 @@ def test_ddp_shards_give_every_rank_the_same_number_of_steps(n_samples: int) -> 
     assert sorted(index for shard in shards for batch in shard for index in batch) == list(range(101))
 
 
-def test_ddp_ranks_agree_on_a_stop_about_once_a_second_and_save_by_steps_without_agreeing(
+def test_ddp_ranks_agree_on_a_stop_every_quarter_second_and_save_by_steps_without_agreeing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock, collectives = [0.0], []
@@ -102,7 +108,7 @@ def test_ddp_ranks_agree_on_a_stop_about_once_a_second_and_save_by_steps_without
                 run.saving.saved(step)
         return saves
 
-    saves = steps(1, 25, 0.25)  # 4 steps a second: one agreement every 4 steps, once measured
+    saves = steps(1, 25, AGREE_EVERY_SECONDS / 4)  # one agreement every 4 steps, once measured
     assert collectives == [1, 2, 6, 10, 14, 18, 22]
     assert saves == [7, 14, 21]  # every rank counts the same steps: no agreement needed
     steps(26, 200, 0.001)  # fast steps: at most MAX_STEPS_APART apart
