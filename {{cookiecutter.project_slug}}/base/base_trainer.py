@@ -87,6 +87,7 @@ class BaseTrainer(CheckpointedRun):
         self.start_note = ""  # what a fine-tuned run starts from, for the log
         self._saver: CheckpointSaver | None = None
         self.tracked_from = 0  # the batch of the epoch after which train_metrics started counting
+        self.last_step_at = 0  # the batch of the epoch after which the optimizer last stepped
 
     # ------------------------------------------------------------------ what a trainer writes
     def train_step(self, batch: Batch) -> StepResult:
@@ -183,8 +184,15 @@ class BaseTrainer(CheckpointedRun):
         with self._bar(self.data_loader, f"epoch {epoch}/{self.epochs} train", skip) as bar:
             for batch in on_device(bar, self.data_loader, self.device, epoch, skip):
                 step = self.stepper.is_due(self.progress.batches_done + 1, total)
-                self._train_batch(batch, step)
+                try:
+                    self._train_batch(batch, step)
+                except Exception as exc:  # at a step boundary, a failure caused by a signal is a stop
+                    if self.progress.batches_done == self.last_step_at and self._failed_by_signal(exc, True):
+                        return None
+                    raise
                 self.progress.batches_done += 1
+                if step:
+                    self.last_step_at = self.progress.batches_done
                 if step and self._at_step_boundary(epoch):
                     return None
                 if self.progress.batches_done % CHECK_EVERY_BATCHES == 0:
@@ -201,6 +209,18 @@ class BaseTrainer(CheckpointedRun):
         if step:
             self.progress.global_step += 1
         self._update_metrics(self.train_metrics, loss, output, target)
+
+    def _failed_by_signal(self, exc: Exception, stoppable: bool) -> bool:
+        """Whether a step's failure is a stop: SIGINT or SIGTERM to the whole process group also
+        reaches the processes a step may start (the C++ compiler of `trainer.compile`), so the step
+        can fail while a stop is pending. True (the position before that batch is then saved) in a
+        single process, when `stoppable` and a signal is pending."""
+        if not stoppable or distributed.active() or stop_request.signal_number is None:
+            return False
+        self.stop_signal = stop_request.signal_number
+        logger.warning("A step failed while stopping (%s: %s); stopping at the batch before it",
+                       type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        return True
 
     def _at_step_boundary(self, epoch: int) -> bool:
         """After an optimizer step: True to stop (a signal); saves the position when due."""
@@ -233,8 +253,13 @@ class BaseTrainer(CheckpointedRun):
         self.valid_metrics.reset()
         with self._bar(loader, description) as bar:
             for batch in on_device(bar, loader, self.device, epoch):
-                with self.stepper.autocast():
-                    loss, output, target = self.valid_step(batch)
+                try:
+                    with self.stepper.autocast():
+                        loss, output, target = self.valid_step(batch)
+                except Exception as exc:
+                    if self._failed_by_signal(exc, stoppable):
+                        return None
+                    raise
                 self._update_metrics(self.valid_metrics, loss, output, target)
                 if stoppable and stop_request.signal_number is not None:
                     self.stop_signal = stop_request.signal_number
@@ -264,6 +289,7 @@ class BaseTrainer(CheckpointedRun):
         if resumed is not None:
             self.train_metrics.load_state(resumed, self.device)
         self.tracked_from = skip
+        self.last_step_at = skip
 
     def dry_run(self) -> dict[str, float]:
         """One training batch (with its optimizer step) and one validation batch, to prove that

@@ -181,6 +181,11 @@ class CheckpointedRun:
                 f"checkpoint '{path}': the run already reached epoch {progress.epoch} of "
                 f"trainer.epochs {self.epochs}; to train longer, resume with -o trainer.epochs=N"
             )
+        if progress.epoch + 1 > self.epochs:  # stopped inside an epoch beyond the new last one
+            raise InputError(
+                f"checkpoint '{path}': the run stopped inside epoch {progress.epoch + 1}, after trainer.epochs "
+                f"{self.epochs}; resume with -o trainer.epochs=N, N at least {progress.epoch + 1}"
+            )
         self.progress = progress
         self.start_epoch, self.start_batch = progress.epoch + 1, progress.batches_done
         if progress.monitor_best is not None:

@@ -43,9 +43,12 @@ def read_image(path: Path, size: int) -> torch.Tensor:
     JPEG, WebP, ...), PIL for the formats they cannot read. An InputError naming the file when
     neither can decode it."""
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"image {path} cannot be read: {exc.strerror or exc}") from None
+    if not raw:  # e.g. left by a failed download
+        raise InputError(f"image {path} cannot be decoded (the file is empty); replace or remove it")
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     try:
         if decode_image is None:
             raise RuntimeError("no torchvision decoders")

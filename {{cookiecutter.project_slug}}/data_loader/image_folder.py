@@ -58,6 +58,7 @@ class ImageFolderDataLoader(BaseDataLoader):
         hflip: bool = False,
         cache_dir: str | None = "cache/",
     ) -> None:
+        check_arguments(image_size=image_size, hflip=hflip, cache_dir=cache_dir)
         root = Path(data_dir)
         self.augment, self.hflip, self.padding = training, hflip, max(image_size // 8, 1)
         source = "the model's classes" if classes is not None else "the classes of train/"
@@ -90,6 +91,19 @@ class ImageFolderDataLoader(BaseDataLoader):
         if loader is not None:
             loader.device_transform = evaluation_transform  # type: ignore[method-assign]
         return loader
+
+
+def check_arguments(image_size: object, hflip: object, cache_dir: object) -> None:
+    """This loader's own arguments (the config does not type them): an InputError naming the key."""
+    problems = {
+        "image_size": None if type(image_size) is int and image_size >= 1 else "a whole number of pixels, 1 or more",
+        "hflip": None if isinstance(hflip, bool) else "true or false",
+        "cache_dir": None if cache_dir is None or isinstance(cache_dir, str) else "a folder path or null",
+    }
+    given = {"image_size": image_size, "hflip": hflip, "cache_dir": cache_dir}
+    for key, expected in problems.items():
+        if expected is not None:
+            raise InputError(f"config: 'data_loader.args.{key}' must be {expected}, got {given[key]!r}")
 
 
 def evaluation_transform(batch: Batch, epoch: int, index: int) -> Batch:

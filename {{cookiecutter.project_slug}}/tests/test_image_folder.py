@@ -177,16 +177,36 @@ def test_images_are_decoded_once_and_a_changed_image_rebuilds_the_cache(
     assert len(ImageFolderDataLoader(str(images), batch_size=4, image_size=8).dataset) == 35  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + b"not a picture" * 10, b""], ids=["garbage", "empty"])
 def test_a_corrupt_image_is_one_line_naming_the_file(
-    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
 ) -> None:
     corrupt = images / "train" / "blue" / "5.png"
-    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a picture" * 10)
+    corrupt.write_bytes(content)
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(image_config(images, tmp_path / "saved")))
     assert train.main(["-c", str(config_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: image {corrupt} cannot be decoded (") and err.count("\n") == 1, err
+    assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [("hflip", "no", "true or false"), ("hflip", 1, "true or false"), ("image_size", 0, "a whole number of pixels"),
+     ("cache_dir", 123, "a folder path or null")],
+)
+def test_a_bad_argument_of_the_loader_is_one_line(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: object, expected: str
+) -> None:
+    config = image_config(images, tmp_path / "saved")
+    config["data_loader"]["args"][key] = value
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    assert train.main(["-c", str(config_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: config: 'data_loader.args.{key}' must be {expected}"), err
+    assert err.count("\n") == 1 and f"got {value!r}" in err
     assert not (tmp_path / "saved").exists()
 
 

@@ -99,6 +99,53 @@ def test_a_signal_mid_epoch_saves_the_position_and_the_resume_is_bitwise(
     assert metrics_rows(stopped_dir) == metrics_rows(straight_dir)  # epoch 2's row too, every digit
 
 
+@pytest.mark.parametrize(("method", "calls", "batches_done"), [("train_step", 17, 4), ("valid_step", 3, 12)])
+def test_a_step_that_fails_because_the_signal_reached_a_helper_process_is_a_stop(
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    method: str, calls: int, batches_done: int,
+) -> None:
+    """A signal to the process group also kills what a step runs (the C++ compiler of
+    trainer.compile): the step fails, and that is the stop, at the position before that batch."""
+    config = make_config(trainer__epochs=3)
+    train.train(ConfigParser(json.loads(json.dumps(config)), run_id="straight"))
+    original, count = getattr(Trainer, method), 0
+
+    def killed_helper(self: Trainer, *args: Any) -> Any:
+        nonlocal count
+        count += 1
+        if count == calls:
+            signal.raise_signal(signal.SIGTERM)
+            raise RuntimeError("C++ compile error: cc1plus was killed by SIGTERM")
+        return original(self, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, method, killed_helper)
+        with pytest.raises(TrainingInterrupted):
+            train.train(ConfigParser(json.loads(json.dumps(config)), run_id="stopped"))
+    stopped_dir = run_dir(tmp_path, "stopped")
+    assert (final_state(stopped_dir)["epoch"], final_state(stopped_dir)["batches_done"]) == (1, batches_done)
+    assert "A step failed while stopping (RuntimeError: C++ compile error" in (stopped_dir / "train.log").read_text()
+    assert train.main(["-r", str(stopped_dir / "latest.pth")]) == 0
+    straight_dir = run_dir(tmp_path, "straight")
+    assert_same_tensors(final_state(straight_dir)["state_dict"], final_state(stopped_dir)["state_dict"])
+    assert metrics_rows(stopped_dir) == metrics_rows(straight_dir)
+
+
+def test_a_mid_epoch_checkpoint_beyond_the_new_last_epoch_is_refused(
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with monkeypatch.context() as patch:
+        signal_after(patch, "train_step", 17)  # epoch 2, batch 5
+        with pytest.raises(TrainingInterrupted):
+            train.train(ConfigParser(make_config(trainer__epochs=3), run_id="s"))
+    folder = run_dir(tmp_path, "s")
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    assert train.main(["-r", str(folder / "latest.pth"), "-o", "trainer.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stopped inside epoch 2, after trainer.epochs 1" in err
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+
+
 def test_sigint_exits_with_130_and_a_resume_hint(
     make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
