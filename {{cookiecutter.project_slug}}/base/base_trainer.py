@@ -10,6 +10,7 @@ exact resume, SIGTERM safety, DDP, mixed precision and accumulation without know
 import logging
 import shutil
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from utils.checkpoint import (
     Progress,
 )
 from utils.device import compile_model, keep_on_device, on_device, wrap_model
-from utils.errors import TrainingInterrupted
+from utils.errors import TrainingInterrupted, first_line
 from utils.lr_schedule import check_step_budget, scheduler_interval, step_scheduler
 from utils.monitor import Monitor
 from utils.optimizer_step import OptimizerStep
@@ -219,7 +220,7 @@ class BaseTrainer(CheckpointedRun):
             return False
         self.stop_signal = stop_request.signal_number
         logger.warning("A step failed while stopping (%s: %s); stopping at the batch before it",
-                       type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+                       type(exc).__name__, first_line(exc))
         return True
 
     def _at_step_boundary(self, epoch: int) -> bool:
@@ -296,14 +297,14 @@ class BaseTrainer(CheckpointedRun):
         everything fits together; returns their metrics. Writes nothing."""
         self.model.train()
         self.train_metrics.reset()
-        self._train_batch(next(on_device(self.data_loader, self.data_loader, self.device, 1)), step=True)
+        self._train_batch(next(on_device(islice(self.data_loader, 1), self.data_loader, self.device, 1)), step=True)
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
             self.raw_model.eval()
             self.valid_metrics.reset()
             with torch.no_grad(), self.stepper.autocast():
-                loss, output, target = self.valid_step(next(on_device(self.valid_data_loader, self.valid_data_loader,
-                                                                      self.device, 1)))
+                first = islice(self.valid_data_loader, 1)
+                loss, output, target = self.valid_step(next(on_device(first, self.valid_data_loader, self.device, 1)))
             self._update_metrics(self.valid_metrics, loss, output, target)
             log.update({f"val_{key}": value for key, value in self.valid_metrics.result().items()})
         return log

@@ -176,16 +176,12 @@ class CheckpointedRun:
                                           self.data_loader)
         apply_changes(changes, self.optimizer, self.lr_scheduler, fresh, path)
         self.resumed_with = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
-        if progress.epoch >= self.epochs and not progress.batches_done:
-            raise InputError(
-                f"checkpoint '{path}': the run already reached epoch {progress.epoch} of "
-                f"trainer.epochs {self.epochs}; to train longer, resume with -o trainer.epochs=N"
-            )
-        if progress.epoch + 1 > self.epochs:  # stopped inside an epoch beyond the new last one
-            raise InputError(
-                f"checkpoint '{path}': the run stopped inside epoch {progress.epoch + 1}, after trainer.epochs "
-                f"{self.epochs}; resume with -o trainer.epochs=N, N at least {progress.epoch + 1}"
-            )
+        if progress.epoch >= self.epochs:  # nothing left to train
+            where = (f"stopped inside epoch {progress.epoch + 1}, after" if progress.batches_done
+                     else f"already reached epoch {progress.epoch} of")
+            least = f", N at least {progress.epoch + 1}" if progress.batches_done else ""
+            raise InputError(f"checkpoint '{path}': the run {where} trainer.epochs {self.epochs}; "
+                             f"to train longer, resume with -o trainer.epochs=N{least}")
         self.progress = progress
         self.start_epoch, self.start_batch = progress.epoch + 1, progress.batches_done
         if progress.monitor_best is not None:

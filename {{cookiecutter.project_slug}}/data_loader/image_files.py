@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional
 from tqdm import tqdm
 
 from utils import distributed
-from utils.errors import InputError
+from utils.errors import InputError, first_line
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec's; while they exist they
 # are the fastest way from file bytes to a uint8 tensor, and PIL decodes everything once they go.
@@ -69,8 +69,7 @@ def _read_with_pil(path: Path) -> torch.Tensor:
         with Image.open(path) as opened:
             pixels = np.asarray(opened.convert("RGB"))
     except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError, ...) for broken files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"image {path} cannot be decoded ({reason}); replace or remove it") from None
+        raise InputError(f"image {path} cannot be decoded ({first_line(exc)}); replace or remove it") from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from sweeps.spec import SweepSpec
 from utils.checkpoint import _write_atomic as write_atomic  # the one atomic writer of run files
-from utils.errors import InputError
+from utils.errors import InputError, first_line
 
 logger = logging.getLogger("sweep")
 
@@ -48,7 +48,7 @@ def storage_errors(url: str) -> Iterator[None]:
     try:
         yield
     except STORAGE_ERRORS as exc:
-        raise StudyError(f"study storage '{shown_url(url)}': {first_line(exc)}") from exc
+        raise StudyError(f"study storage '{shown_url(url)}': {reasons(exc)}") from exc
 OPEN_ATTEMPTS = 4  # a database that does not open is tried again, after 1, 2 and 3 seconds
 
 
@@ -84,17 +84,17 @@ def open_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorag
                                                   grace_period=2 * heartbeat_interval)
         except SQLAlchemyError as exc:  # also two processes creating a new database's tables at once
             if attempt + 1 == OPEN_ATTEMPTS or isinstance(exc, NoSuchModuleError | ArgumentError):
-                raise InputError(f"--storage '{shown_url(url)}': cannot open it ({first_line(exc)})") from None
+                raise InputError(f"--storage '{shown_url(url)}': cannot open it ({reasons(exc)})") from None
             time.sleep(1 + attempt)
         except (ValueError, ImportError, OSError) as exc:
-            raise InputError(f"--storage '{shown_url(url)}': cannot open it ({first_line(exc)})") from None
+            raise InputError(f"--storage '{shown_url(url)}': cannot open it ({reasons(exc)})") from None
     raise AssertionError("unreachable")
 
 
-def first_line(exc: BaseException) -> str:
+def reasons(exc: BaseException) -> str:
     """The first line of `exc`'s message, and of its cause's (e.g. the missing driver's name)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{text}: {first_line(exc.__cause__)}" if exc.__cause__ is not None else text
+    text = first_line(exc)
+    return f"{text}: {reasons(exc.__cause__)}" if exc.__cause__ is not None else text
 
 
 def open_study(spec: SweepSpec, storage: optuna.storages.RDBStorage) -> optuna.Study:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from utils import distributed
-from utils.errors import InputError
+from utils.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,5 @@ def cannot_compile(device: torch.device) -> str | None:
     try:
         get_cpp_compiler()
     except Exception as exc:  # noqa: BLE001  (its own error class differs between versions)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"no C++ compiler for the CPU ({first_line})"
+        return f"no C++ compiler for the CPU ({first_line(exc)})"
     return None

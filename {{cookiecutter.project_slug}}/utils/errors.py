@@ -1,6 +1,13 @@
 """The one exception type for mistakes in what the user gave us."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, or its class name when it has none: a reason that
+    fits in a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class InputError(Exception):
     """A bad CLI argument, config value, checkpoint or data path.
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.device import move_to
+from utils.device import on_device
 from utils.errors import InputError
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -72,10 +72,7 @@ def sample_on_device(data_loader: Any, device: torch.device) -> tuple[torch.Tens
     sample_batch = getattr(data_loader, "sample_batch", None)
     if sample_batch is None:
         return None
-    batch = move_to(sample_batch(), device)
-    transform = getattr(data_loader, "device_transform", None)
-    if transform is not None:
-        batch = transform(batch, 1, 0)
+    batch = next(on_device([sample_batch()], data_loader, device, epoch=1))
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(p, torch.Tensor) for p in batch)):
         return None
     return batch[0], batch[1]
