@@ -1,4 +1,5 @@
-"""Train a model: python train.py -c config.json [-r CHECKPOINT [--fine-tune]] [-o KEY=VALUE ...] [--dry-run]"""
+"""Train a model: python train.py -c config.json [-r CHECKPOINT [--fine-tune [--partial]]] [-o KEY=VALUE ...]
+[--dry-run]"""
 
 import json
 import logging
@@ -104,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fine-tune", action="store_true",
         help="with -r: start a new run from the checkpoint's weights alone (its config, or -c's)",
+    )
+    parser.add_argument(
+        "--partial", action="store_true",
+        help="with --fine-tune: load only the checkpoint's tensors whose names and shapes fit the model (e.g. all "
+        "but a head for other classes); the run's log lists what was left out",
     )
     parser.add_argument(
         "--dry-run", action="store_true",
