@@ -32,6 +32,9 @@ logger = logging.getLogger("train")
 # The file launch.py asks rank 0 to report a stop in (see report_stop).
 STOP_REPORT_ENV = "TRAIN_STOP_REPORT"
 
+# The arguments a dry run gives a data loader that takes them, so that it writes nothing.
+DRY_RUN_OPTIONS = {"download": False, "write_cache": False}
+
 # victoresque's shortcut options, as config keys they set.
 SHORTCUTS = {"lr": "optimizer.args.lr", "bs": "data_loader.args.batch_size"}
 
@@ -63,9 +66,9 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
 
 
 def build_data_loader(config: ConfigParser, dry_run: bool = False) -> DataLoader:
-    """The config's training data loader (a dry run downloads nothing)."""
+    """The config's training data loader (a dry run downloads nothing and writes no cache)."""
     loader_class = lookup(module_data, config["data_loader"]["type"], "data_loader.type", DataLoader)
-    options = {"download": False} if dry_run and accepts(loader_class, "download") else {}
+    options = {key: value for key, value in DRY_RUN_OPTIONS.items() if dry_run and accepts(loader_class, key)}
     return config.init_obj("data_loader", module_data, DataLoader, **options)
 
 

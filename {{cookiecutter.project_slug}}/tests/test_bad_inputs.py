@@ -206,7 +206,7 @@ CATALOGUE = [
     Case("fine-tune-partial-matches-nothing", "checkpoint", ("-r", "renamed.pth", "--fine-tune", "--partial"),
          "checkpoint 'renamed.pth': --partial: none of its 8 tensors matches a tensor of the model MnistModel by "
          "name and shape (8 tensors are in the checkpoint only: net.conv1.weight, net.conv1.bias, "
-         "net.conv2.weight, and 5 more; 8 tensors are in the model only: conv1.weight, "),
+         "net.conv2.weight, ... (8 in all); 8 tensors are in the model only: conv1.weight, "),
     Case("partial-without-fine-tune", "cli", ("-r", "good.pth", "--partial"),
          "--partial loads part of a checkpoint's weights into a new run: use it with --fine-tune -r CHECKPOINT"),
     Case("checkpoint-other-optimizer", "checkpoint",

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from utils import distributed
-from utils.errors import InputError
+from utils.errors import InputError, listed
 from utils.seed import rng_state, set_rng_state
 
 # Bump when the layout of the dict changes (and teach `upgrade` the step); a checkpoint newer
@@ -299,13 +299,7 @@ class WeightsFit:
         kinds = [("differ in shape (checkpoint -> model)", reshaped), ("are in the checkpoint only",
                  self.only_in_checkpoint), ("are in the model only", self.only_in_model)]
         return "; ".join(f"{len(items)} {'tensor' if len(items) == 1 else 'tensors'} {what}: "
-                         f"{_first(items, limit)}" for what, items in kinds if items)
-
-
-def _first(names: list[str], limit: int | None) -> str:
-    if limit is None or len(names) <= limit:
-        return ", ".join(names)
-    return ", ".join(names[:limit]) + f", and {len(names) - limit} more"
+                         f"{listed(items, limit)}" for what, items in kinds if items)
 
 
 def weights_fit(model: nn.Module, state_dict: dict[str, Any]) -> WeightsFit:
