@@ -8,11 +8,11 @@ folders of `train/`. `val/` and `test/` are labelled with it (they may lack clas
 not add any), and checkpoints store it, so test.py labels the test images as training did.
 
 Each image is decoded and resized once, into a uint8 cache (data_loader/image_files.py), so
-that batches are cut from one tensor in memory (on the GPU when it fits). The cache file is
-written when training first asks for batches, so that a run refused before then writes none. The loader's
-`device_transform` then turns each batch into normalised floats on the device and, for
-training, shifts (and, with `hflip`, mirrors) its images at random, with draws that depend only
-on (seed, epoch, batch), so that a resumed run sees the very batches of an uninterrupted one."""
+that batches are cut from one tensor in memory (on the GPU when it fits); the cache file is
+written when training first asks for batches, so that a run refused before then writes none.
+The loader's `device_transform` then turns each batch into normalised floats on the device and,
+for training, shifts (and, with `hflip`, mirrors) its images at random, with draws that depend
+only on (seed, epoch, batch), so that a resumed run sees the very batches of an uninterrupted one."""
 
 import hashlib
 from pathlib import Path

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -141,13 +141,13 @@ def check_space(study: optuna.Study, spec: SweepSpec) -> None:
 
 def describe(distribution: BaseDistribution) -> str:
     """A distribution as sweep.json states it, e.g. `float in [0.0001, 0.01] (log)`."""
-    if isinstance(distribution, CategoricalDistribution):
-        return f"categorical of {list(distribution.choices)}"
+    if not isinstance(distribution, FloatDistribution | IntDistribution):
+        return f"categorical of {list(getattr(distribution, 'choices', ()))}"
     kind = "int" if isinstance(distribution, IntDistribution) else "float"
-    text = f"{kind} in [{distribution.low}, {distribution.high}]"  # type: ignore[attr-defined]
-    if distribution.log:  # type: ignore[attr-defined]
+    text = f"{kind} in [{distribution.low}, {distribution.high}]"
+    if distribution.log:
         return text + " (log)"
-    step = distribution.step  # type: ignore[attr-defined]
+    step = distribution.step
     return text + (f" step {step}" if step is not None and not (kind == "int" and step == 1) else "")
 
 

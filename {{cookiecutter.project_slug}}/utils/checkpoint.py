@@ -296,10 +296,11 @@ class WeightsFit:
         with None), e.g. `2 tensors differ in shape (checkpoint -> model): fc2.weight (10, 50) ->
         (12, 50), fc2.bias (10,) -> (12,)`."""
         reshaped = [f"{name} {old} -> {new}" for name, old, new in self.reshaped]
-        kinds = [("differ in shape (checkpoint -> model)", reshaped), ("are in the checkpoint only",
-                 self.only_in_checkpoint), ("are in the model only", self.only_in_model)]
-        return "; ".join(f"{len(items)} {'tensor' if len(items) == 1 else 'tensors'} {what}: "
-                         f"{listed(items, limit)}" for what, items in kinds if items)
+        kinds = [(reshaped, "tensor differs", "tensors differ", " in shape (checkpoint -> model)"),
+                 (self.only_in_checkpoint, "tensor is", "tensors are", " in the checkpoint only"),
+                 (self.only_in_model, "tensor is", "tensors are", " in the model only")]
+        return "; ".join(f"{len(items)} {one if len(items) == 1 else many}{where}: {listed(items, limit)}"
+                         for items, one, many, where in kinds if items)
 
 
 def weights_fit(model: nn.Module, state_dict: dict[str, Any]) -> WeightsFit:
