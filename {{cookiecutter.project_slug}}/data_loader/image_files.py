@@ -9,6 +9,7 @@ the image size: a changed, added or removed image, or another `image_size`, make
 leaves no cache file behind, and a dry run writes none. A stop signal ends the decoding within
 an image."""
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -146,12 +147,13 @@ def cached_images(folder: Path, paths: list[Path], size: int,
     machine that does not share the cache folder); rank 0's error or stop signal ends every rank."""
     key = cache_key(paths, size)
     file = cache_file(folder, key, cache_dir)
-    images, pending, failure = None, None, None
+    images, pending, failure, made_folder = None, None, None, False
     news: tuple[str, Any] = ("ready", None)  # rank 0 to the others: ready (a file to read), error or stopped
     if distributed.is_main():
         try:
             images, pending = read_or_decode(folder, paths, size, file, key)
             if pending is not None and distributed.active():
+                made_folder = not cache_dir.exists()
                 news = ("ready", str(share(images, key, file)))
         except InputError as exc:
             failure, news = exc, ("error", str(exc))
@@ -175,6 +177,9 @@ def cached_images(folder: Path, paths: list[Path], size: int,
             distributed.barrier()
             if distributed.is_main():
                 Path(detail).unlink(missing_ok=True)
+                if made_folder:  # and the cache folder it made for it: made again when the cache is written
+                    with contextlib.suppress(OSError):
+                        cache_dir.rmdir()
     return images, pending
 
 
