@@ -99,14 +99,18 @@ def config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | None 
     """The run's config from parsed arguments. `-c` alone: that file. `-r` alone: the
     checkpoint's own config. `-c` with `-r`: the file, whose differences from the checkpoint's
     config a resume applies or refuses (utils/resume.py); with `--fine-tune`, a new run from the
-    checkpoint's weights. `-o` overrides and `shortcuts` (an attribute of `args`, e.g. `lr`, to
-    the dotted key it sets, e.g. `optimizer.args.lr`) apply to whichever it is; `-r latest`
-    finds the newest run where that config (`-c`, default config.json) puts runs."""
+    checkpoint's weights (with `--partial`, those that fit the model). `-o` overrides and
+    `shortcuts` (an attribute of `args`, e.g. `lr`, to the dotted key it sets, e.g.
+    `optimizer.args.lr`) apply to whichever it is; `-r latest` finds the newest run where that
+    config (`-c`, default config.json) puts runs."""
     if args.device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device
-    fine_tune = getattr(args, "fine_tune", False)
+    fine_tune, partial = getattr(args, "fine_tune", False), getattr(args, "partial", False)
     if fine_tune and not args.resume:
         raise InputError("--fine-tune needs the checkpoint to start from: give it with -r")
+    if partial and not fine_tune:
+        raise InputError("--partial loads part of a checkpoint's weights into a new run: use it with --fine-tune -r "
+                         "CHECKPOINT (a resume needs every tensor)")
     overrides = list(args.override) + [f"{key}={getattr(args, attribute)}" for attribute, key in
                                        (shortcuts or {}).items() if getattr(args, attribute, None) is not None]
     config = with_overrides(read_config(Path(args.config)), overrides) if args.config else None
@@ -121,7 +125,8 @@ def config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | None 
             config = with_overrides(copy.deepcopy(checkpoint["config"]), overrides)  # the record stays as it was
     if config is None:
         raise InputError("no config: give a config file with -c or a checkpoint with -r")
-    return ConfigParser(config, resume_path=resume_path, fine_tune=fine_tune, run_id=getattr(args, "run_id", None))
+    return ConfigParser(config, resume_path=resume_path, fine_tune=fine_tune, run_id=getattr(args, "run_id", None),
+                        partial=partial)
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -59,12 +59,15 @@ class ConfigParser:
     is made by `make_run_dir`, which only training calls."""
 
     def __init__(self, config: dict[str, Any], resume_path: Path | None = None, fine_tune: bool = False,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, partial: bool = False) -> None:
         """`resume_path`: the checkpoint to resume from, or with `fine_tune` to start a new run
-        from the weights of (the trainer reads it); `run_id`: the new run folder's name."""
+        from the weights of (the trainer reads it); with `partial` too, from those of its tensors
+        whose names and shapes fit the model (e.g. all but a head for other classes); `run_id`:
+        the new run folder's name."""
         self.config = validate(config)
         self.resume_path = resume_path
         self.fine_tune = fine_tune
+        self.partial = partial
         self.run_id = run_id
         self.run_dir: Path | None = None
         self.branched_from: Path | None = None  # the run folder a resume from an older checkpoint branched off

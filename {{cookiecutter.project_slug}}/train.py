@@ -1,4 +1,5 @@
-"""Train a model: python train.py -c config.json [-r CHECKPOINT [--fine-tune]] [-o KEY=VALUE ...] [--dry-run]"""
+"""Train a model: python train.py -c config.json [-r CHECKPOINT [--fine-tune [--partial]]] [-o KEY=VALUE ...]
+[--dry-run]"""
 
 import json
 import logging
@@ -31,6 +32,9 @@ logger = logging.getLogger("train")
 # The file launch.py asks rank 0 to report a stop in (see report_stop).
 STOP_REPORT_ENV = "TRAIN_STOP_REPORT"
 
+# The arguments a dry run gives a data loader that takes them, so that it writes nothing.
+DRY_RUN_OPTIONS = {"download": False, "write_cache": False}
+
 # victoresque's shortcut options, as config keys they set.
 SHORTCUTS = {"lr": "optimizer.args.lr", "bs": "data_loader.args.batch_size"}
 
@@ -62,9 +66,9 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
 
 
 def build_data_loader(config: ConfigParser, dry_run: bool = False) -> DataLoader:
-    """The config's training data loader (a dry run downloads nothing)."""
+    """The config's training data loader (a dry run downloads nothing and writes no cache)."""
     loader_class = lookup(module_data, config["data_loader"]["type"], "data_loader.type", DataLoader)
-    options = {"download": False} if dry_run and accepts(loader_class, "download") else {}
+    options = {key: value for key, value in DRY_RUN_OPTIONS.items() if dry_run and accepts(loader_class, key)}
     return config.init_obj("data_loader", module_data, DataLoader, **options)
 
 
@@ -104,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fine-tune", action="store_true",
         help="with -r: start a new run from the checkpoint's weights alone (its config, or -c's)",
+    )
+    parser.add_argument(
+        "--partial", action="store_true",
+        help="with --fine-tune: load only the checkpoint's tensors whose names and shapes fit the model (e.g. all "
+        "but a head for other classes); the run's log lists what was left out",
     )
     parser.add_argument(
         "--dry-run", action="store_true",

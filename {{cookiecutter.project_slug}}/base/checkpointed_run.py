@@ -12,7 +12,13 @@ import torch
 
 from logger.metrics_csv import MetricsCSV
 from utils import distributed
-from utils.checkpoint import load_checkpoint, load_weights, restore_training_state, training_state
+from utils.checkpoint import (
+    WeightsMismatch,
+    load_checkpoint,
+    load_weights,
+    restore_training_state,
+    training_state,
+)
 from utils.errors import InputError, TrainingDiverged, TrainingInterrupted
 from utils.resume import apply_changes, capture_hyperparameters, check_changes, config_changes
 from utils.signals import stop_request
@@ -155,8 +161,7 @@ class CheckpointedRun:
         checkpoint = load_checkpoint(path)
         arch = self.config["arch"]["type"]
         if self.config.fine_tune:
-            load_weights(self.raw_model, checkpoint, arch, path)
-            self.start_note = f"Fine-tuning from the weights of '{path}' (epoch {checkpoint['epoch']})"
+            self._load_fine_tuned(checkpoint, arch, path)
             return
         if checkpoint["optimizer"] is None:  # e.g. converted by convert_checkpoint.py: weights only
             raise InputError(f"checkpoint '{path}': holds weights only (no optimizer state), so it cannot be "
@@ -187,6 +192,23 @@ class CheckpointedRun:
         if progress.monitor_best is not None:
             self.monitor.best = progress.monitor_best
         self.monitor.not_improved_count = progress.not_improved_count
+
+    def _load_fine_tuned(self, checkpoint: dict[str, Any], arch: str, path: Path) -> None:
+        """The checkpoint's weights alone, all of them or (`--partial`) those whose names and
+        shapes fit; what was left out is said in the run's log."""
+        partial = self.config.partial
+        try:
+            fit = load_weights(self.raw_model, checkpoint, arch, path, partial=partial)
+        except WeightsMismatch as exc:
+            if not exc.fit.matching:
+                raise
+            raise InputError(f"{exc}; to start from the {len(exc.fit.matching)} of its {exc.fit.in_checkpoint} "
+                             "tensors that fit (the others as initialised), add --partial") from None
+        self.start_note = f"Fine-tuning from the weights of '{path}' (epoch {checkpoint['epoch']})"
+        if partial:
+            left_out = f"; left out: {fit.difference()}" if not fit.exact else ""
+            self.start_note += (f": --partial loaded {len(fit.matching)} of its {fit.in_checkpoint} tensors (the "
+                                f"model has {fit.in_model}){left_out}")
 
 
 

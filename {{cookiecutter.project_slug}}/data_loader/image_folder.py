@@ -8,13 +8,15 @@ folders of `train/`. `val/` and `test/` are labelled with it (they may lack clas
 not add any), and checkpoints store it, so test.py labels the test images as training did.
 
 Each image is decoded and resized once, into a uint8 cache (data_loader/image_files.py), so
-that batches are cut from one tensor in memory (on the GPU when it fits). The loader's
-`device_transform` then turns each batch into normalised floats on the device and, for
-training, shifts (and, with `hflip`, mirrors) its images at random, with draws that depend only
-on (seed, epoch, batch), so that a resumed run sees the very batches of an uninterrupted one."""
+that batches are cut from one tensor in memory (on the GPU when it fits); the cache file is
+written when training first asks for batches, so that a run refused before then writes none.
+The loader's `device_transform` then turns each batch into normalised floats on the device and,
+for training, shifts (and, with `hflip`, mirrors) its images at random, with draws that depend
+only on (seed, epoch, batch), so that a resumed run sees the very batches of an uninterrupted one."""
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 
 from base import BaseDataLoader
-from data_loader.image_files import CachedImages, StreamedImages, cached_images, fits_in_memory
+from data_loader.image_files import CachedImages, StreamedImages, cached_images, fits_in_memory, read_cache
 from utils import distributed
-from utils.errors import InputError
+from utils.errors import InputError, listed
 
 MEAN, STD = 0.5, 0.5  # of every channel, for pixel values in [0, 1]
 
@@ -43,7 +45,9 @@ class ImageFolderDataLoader(BaseDataLoader):
     `cache_dir`: where the decoded images are cached (relative to the current folder); None
     decodes every image every epoch instead, as folders too large for memory always are
     (image_files.CACHE_MEMORY_FRACTION). `num_workers` only helps those: cached batches are cut
-    from memory in the training process."""
+    from memory in the training process. The cache files of images decoded here are written
+    when the loader is first iterated. `write_cache=False` (train.py's dry run) reads a cache
+    but writes none: folders not cached yet are streamed, decoding only the images loaded."""
 
     def __init__(
         self,
@@ -57,25 +61,35 @@ class ImageFolderDataLoader(BaseDataLoader):
         classes: list[str] | None = None,
         hflip: bool = False,
         cache_dir: str | None = "cache/",
+        write_cache: bool = True,
     ) -> None:
-        check_arguments(image_size=image_size, hflip=hflip, cache_dir=cache_dir)
+        check_arguments(image_size=image_size, hflip=hflip, cache_dir=cache_dir, write_cache=write_cache)
         root = Path(data_dir)
         self.augment, self.hflip, self.padding = training, hflip, max(image_size // 8, 1)
         source = "the model's classes" if classes is not None else "the classes of train/"
+
+        def dataset(files: Files) -> Dataset:
+            return image_dataset(*files, image_size, cache_dir, write_cache)
+
         if training:
             train = labelled_files(root / "train", classes, source)
             self.classes: list[str] = train[2]
             valid = labelled_files(root / "val", self.classes, source) if (root / "val").is_dir() else None
-            super().__init__(
-                image_dataset(*train, image_size, cache_dir), batch_size, shuffle, validation_split, num_workers,
-                valid_dataset=image_dataset(*valid, image_size, cache_dir) if valid else None,
-            )
+            super().__init__(dataset(train), batch_size, shuffle, validation_split, num_workers,
+                             valid_dataset=dataset(valid) if valid else None)
         else:
             self.classes = list(classes) if classes is not None else training_classes(root / "train")
             split = root / "test" if (root / "test").is_dir() else root / "val"
             files = labelled_files(split, self.classes, source)
-            super().__init__(image_dataset(*files, image_size, cache_dir), batch_size, shuffle, validation_split,
-                             num_workers)
+            super().__init__(dataset(files), batch_size, shuffle, validation_split, num_workers)
+
+    def __iter__(self) -> Any:
+        """The batches; the first time, the cache files of the images decoded while building are
+        written (the run got past every check, so it is training or evaluating)."""
+        for dataset in (self.dataset, self.valid_dataset):
+            if isinstance(dataset, CachedImages):
+                dataset.write_cache()
+        return super().__iter__()
 
     def device_transform(self, batch: Batch, epoch: int, index: int) -> Batch:
         """Batch `index` of `epoch`, on the device: uint8 images to normalised floats, training
@@ -93,14 +107,15 @@ class ImageFolderDataLoader(BaseDataLoader):
         return loader
 
 
-def check_arguments(image_size: object, hflip: object, cache_dir: object) -> None:
+def check_arguments(image_size: object, hflip: object, cache_dir: object, write_cache: object) -> None:
     """This loader's own arguments (the config does not type them): an InputError naming the key."""
     problems = {
         "image_size": None if type(image_size) is int and image_size >= 1 else "a whole number of pixels, 1 or more",
         "hflip": None if isinstance(hflip, bool) else "true or false",
         "cache_dir": None if cache_dir is None or isinstance(cache_dir, str) else "a folder path or null",
+        "write_cache": None if isinstance(write_cache, bool) else "true or false",
     }
-    given = {"image_size": image_size, "hflip": hflip, "cache_dir": cache_dir}
+    given = {"image_size": image_size, "hflip": hflip, "cache_dir": cache_dir, "write_cache": write_cache}
     for key, expected in problems.items():
         if expected is not None:
             raise InputError(f"config: 'data_loader.args.{key}' must be {expected}, got {given[key]!r}")
@@ -145,17 +160,19 @@ def random_shift(images: torch.Tensor, padding: int, hflip: bool, generator: tor
 
 
 def image_dataset(folder: Path, files: list[tuple[Path, int]], classes: list[str], size: int,
-                  cache_dir: str | None) -> Dataset:
-    """The images of `folder` decoded once into the cache, or streamed when they are too many
-    for memory or `cache_dir` is None."""
+                  cache_dir: str | None, write_cache: bool = True) -> Dataset:
+    """The images of `folder` decoded once (their cache file pending), or read from the cache;
+    streamed when they are too many for memory or `cache_dir` is None, or when, without
+    `write_cache`, they are not cached yet."""
     paths, labels = [path for path, _ in files], [label for _, label in files]
     if cache_dir is None or not fits_in_memory(len(paths), size):
         return StreamedImages(paths, labels, classes, size)
-    return CachedImages(cached_images(folder, paths, size, Path(cache_dir).expanduser()), labels, classes)
-
-
-def shorten(names: list[str], limit: int = 10) -> str:
-    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+    cache = Path(cache_dir).expanduser()
+    if write_cache:
+        images, pending = cached_images(folder, paths, size, cache)
+        return CachedImages(images, labels, classes, pending)
+    cached = read_cache(folder, paths, size, cache)  # e.g. a dry run, which loads two batches
+    return StreamedImages(paths, labels, classes, size) if cached is None else CachedImages(cached, labels, classes)
 
 
 def training_classes(path: Path) -> list[str]:
@@ -188,7 +205,7 @@ def labelled_files(path: Path, classes: list[str] | None = None, source: str = "
         if unknown:
             raise InputError(
                 f"config: 'data_loader.args.data_dir': class folder '{unknown[0]}' of {path} is not among "
-                f"{source} ({shorten(classes or [])}), so the model has no label for it"
+                f"{source} ({listed(classes or [])}), so the model has no label for it"
             )
         labels = list(classes) if classes is not None else found
         # a class of a given mapping may have no folder (or no images) here; the split as a whole may not

@@ -18,6 +18,7 @@ from sweeps.study import (
     FAILURE,
     RESUME_FROM,
     RETRY_OF,
+    RUN_DIR,
     StudyError,
     duplicate_of,
     enqueue_missing_retries,
@@ -29,6 +30,7 @@ from sweeps.study import (
     storage_url,
     study_folder,
     summary,
+    trial_name,
 )
 from sweeps.trial import new_trial_config, resumed_trial_config, run_trial
 from utils import distributed
@@ -133,15 +135,15 @@ class Sweep:
     def _objective(self, trial: optuna.Trial) -> float:
         self._trial = trial
         values = {param.key: param.suggest(trial) for param in self.spec.space}
-        resume_from = trial.user_attrs.get(RESUME_FROM)
+        resume_from, retry_of = trial.user_attrs.get(RESUME_FROM), trial.user_attrs.get(RETRY_OF)
         if (first := duplicate_of(trial.study, trial.number)) is not None:
             trial.set_user_attr(FAILURE, f"duplicate of trial {first}")
             print(f"trial {trial.number} skipped: trial {first} already retries trial "
                   f"{trial.user_attrs[RETRY_OF]}", flush=True)
             raise DuplicateRetry
-        self._tell_followers(("trial", trial.number, values, resume_from))
+        self._tell_followers(("trial", trial.number, values, resume_from, retry_of))
         try:
-            value, pruned = self._run(trial.number, values, resume_from, trial)
+            value, pruned = self._run(trial.number, values, resume_from, retry_of, trial)
         except TrainingDiverged as exc:
             self._followers_waiting = True  # they go on to the next trial as well
             trial.set_user_attr(FAILURE, str(exc))
@@ -154,7 +156,8 @@ class Sweep:
         self._followers_waiting = True
         shown = ", ".join(f"{key}={value}" for key, value in values.items())
         outcome = "pruned" if pruned else "finished"
-        print(f"trial {trial.number} {outcome}: best {self.metric} {value:.6g} ({shown})", flush=True)
+        name = trial_name(trial.number, retry_of, trial.user_attrs.get(RUN_DIR))
+        print(f"{name} {outcome}: best {self.metric} {value:.6g} ({shown})", flush=True)
         if pruned:
             raise optuna.TrialPruned(f"pruned with best {self.metric} {value}")
         return value
@@ -173,20 +176,24 @@ class Sweep:
             except TrainingDiverged:
                 continue  # rank 0 records it and takes the next trial
 
-    def _run(self, number: int, values: dict[str, Any], resume_from: str | None,
+    def _run(self, number: int, values: dict[str, Any], resume_from: str | None, retry_of: int | None,
              trial: optuna.Trial | None) -> tuple[float, bool]:
+        """Run trial `number` (for a retry of trial `retry_of`: on from `resume_from`, in its run folder)."""
         if resume_from is not None and Path(resume_from).is_file():
-            logger.info("Trial %d resumes from %s", number, resume_from)
+            name = trial_name(number, retry_of, Path(resume_from).parent)
+            logger.info("%s resumes from %s", name, resume_from)
             config = resumed_trial_config(Path(resume_from), self.overrides, {p.key for p in self.spec.space})
         else:
             if resume_from is not None:
-                logger.warning("Trial %d: %s is not here; its parameters start anew", number, resume_from)
+                logger.warning("%s: %s is not here; its parameters start anew", trial_name(number, retry_of),
+                               resume_from)
             config = new_trial_config(self.base, values, self.folder, number)
+            name = trial_name(number, retry_of, config.run_id)
         try:
             return run_trial(config, trial, self.url)
         except TrainingDiverged as exc:
             if distributed.is_main():
-                print(f"trial {number} failed: {exc}", flush=True)
+                print(f"{name} failed: {exc}", flush=True)
             raise
         except TrainingInterrupted as exc:
             if trial is not None and exc.checkpoint is not None:

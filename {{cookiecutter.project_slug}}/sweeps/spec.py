@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from config_schema import validate
 from parse_config import read_json
@@ -51,6 +52,14 @@ class Param:
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return trial.suggest_categorical(self.key, list(self.choices))
 
+    def distribution(self) -> BaseDistribution:
+        """The distribution that `suggest` records in a trial (what a study remembers of the key)."""
+        if self.kind == "float":
+            return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return CategoricalDistribution(list(self.choices))
+
     def corners(self) -> list[Any]:
         """The extreme values, to check against the config's schema before sampling."""
         if self.kind == "categorical":
@@ -70,6 +79,7 @@ class SweepSpec:
     pruner: dict[str, Any]
     heartbeat_interval: int
     space: tuple[Param, ...]
+    path: Path  # the sweep file, for messages
 
     def make_sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
         """The sampler; a seed in its args is moved by `seed_offset` (see sweeps.study)."""
@@ -108,6 +118,7 @@ def read_sweep(path: Path, config: dict[str, Any]) -> SweepSpec:
         pruner=read_block(spec.get("pruner", DEFAULT_PRUNER), "pruner", optuna.pruners, where),
         heartbeat_interval=read_count(spec.get("heartbeat_interval", 60), "heartbeat_interval", where),
         space=space,
+        path=path,
     )
     try_build(result.make_sampler, "sampler", result.sampler["type"], where)
     try_build(result.make_pruner, "pruner", result.pruner["type"], where)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -108,8 +109,46 @@ def open_study(spec: SweepSpec, storage: optuna.storages.RDBStorage) -> optuna.S
     if list(study.directions) != [optuna.study.StudyDirection[spec.direction.upper()]]:
         raise InputError(f"study '{spec.study}': stored with direction {study.direction.name.lower()}, "
                          f"the sweep asks for {spec.direction}; use another --study")
+    check_space(study, spec)
     study.sampler = spec.make_sampler(seed_offset=len(study.get_trials(deepcopy=False)))
     return study
+
+
+def check_space(study: optuna.Study, spec: SweepSpec) -> None:
+    """Refuse a space that is not the one the study's trials were drawn from (a key whose range,
+    scale, step, choices or type changed, or a key added or removed), before a trial is taken:
+    Optuna would fail the trial half-suggested, or mix two spaces in one study without a word.
+    A trial that failed while its values were being suggested holds only some keys: keys are
+    missing from the study only when no trial has them."""
+    where = f"sweep '{spec.path}'"
+    remedy = "use a new --study, or the old space"
+    wanted = {param.key: param.distribution() for param in spec.space}
+    seen: dict[str, BaseDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for key, distribution in trial.distributions.items():
+            if key not in wanted:
+                raise InputError(f"{where}: '{key}' ({describe(distribution)}) is searched in study '{spec.study}' "
+                                 f"but is not in 'space'; {remedy}")
+            if distribution != wanted[key]:
+                raise InputError(f"{where}: '{key}' was {describe(distribution)} in study '{spec.study}', now "
+                                 f"{describe(wanted[key])}; {remedy}")
+            seen[key] = distribution
+    added = [key for key in wanted if key not in seen]
+    if seen and added:
+        raise InputError(f"{where}: 'space.{added[0]}' is new to study '{spec.study}', whose trials search "
+                         f"{', '.join(seen)}; {remedy}")
+
+
+def describe(distribution: BaseDistribution) -> str:
+    """A distribution as sweep.json states it, e.g. `float in [0.0001, 0.01] (log)`."""
+    if not isinstance(distribution, FloatDistribution | IntDistribution):
+        return f"categorical of {list(getattr(distribution, 'choices', ()))}"
+    kind = "int" if isinstance(distribution, IntDistribution) else "float"
+    text = f"{kind} in [{distribution.low}, {distribution.high}]"
+    if distribution.log:
+        return text + " (log)"
+    step = distribution.step
+    return text + (f" step {step}" if step is not None and not (kind == "int" and step == 1) else "")
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -153,8 +192,19 @@ def duplicate_of(study: optuna.Study, number: int) -> int | None:
     return min(earlier) if earlier else None
 
 
+def trial_name(number: int, retry_of: int | None = None, run_dir: str | Path | None = None) -> str:
+    """How the sweep's lines name a trial: its number in the study (as Optuna's tools show it)
+    and, for a retry, the trial it continues and the run folder it trains in (that trial's, e.g.
+    `trial 1 (retry of trial 0, run trial-0000)`)."""
+    if retry_of is None:
+        return f"trial {number}"
+    run = f", run {Path(run_dir).name}" if run_dir else ""
+    return f"trial {number} (retry of trial {retry_of}{run})"
+
+
 def summary(study: optuna.Study, metric: str, url: str) -> dict[str, Any]:
-    """The study's counts and its best trial: value, parameters, run folder, model_best.pth."""
+    """The study's counts and its best trial: value, parameters, run folder, model_best.pth, and
+    for a retry the trial it continued (`best_retry_of`)."""
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     result: dict[str, Any] = {"study": study.study_name, "storage": shown_url(url), "direction":
@@ -162,7 +212,8 @@ def summary(study: optuna.Study, metric: str, url: str) -> dict[str, Any]:
     if counts["complete"]:
         best = study.best_trial
         run_dir = best.user_attrs.get(RUN_DIR)
-        result.update(best_trial=best.number, best_value=best.value, best_params=best.params, best_run_dir=run_dir,
+        result.update(best_trial=best.number, best_retry_of=best.user_attrs.get(RETRY_OF), best_value=best.value,
+                      best_params=best.params, best_run_dir=run_dir,
                       best_checkpoint=str(Path(run_dir) / "model_best.pth") if run_dir else None)
     return result
 
@@ -173,7 +224,8 @@ def report_summary(result: dict[str, Any], folder: Path) -> Path:
     print(f"study {result['study']} ({result['storage']}): {counts or 'no trials'}")
     if "best_value" in result:
         params = ", ".join(f"{key}={value}" for key, value in result["best_params"].items())
-        print(f"best {result['metric']} {result['best_value']:.6g} in trial {result['best_trial']}: {params}")
+        name = trial_name(result["best_trial"], result["best_retry_of"], result["best_run_dir"])
+        print(f"best {result['metric']} {result['best_value']:.6g} in {name}: {params}")
         print(f"best run: {result['best_run_dir']}  checkpoint: {result['best_checkpoint']}")
     path = folder / "summary.json"
     folder.mkdir(parents=True, exist_ok=True)

@@ -198,6 +198,17 @@ CATALOGUE = [
          "checkpoint 'other_arch.pth': saved for arch 'ResNet', the config builds 'MnistModel'"),
     Case("checkpoint-weights-do-not-fit", "checkpoint", ("-r", "reshaped.pth"),
          "checkpoint 'reshaped.pth': weights do not fit the model"),
+    Case("fine-tune-into-another-head", "checkpoint",
+         ("-r", "good.pth", "--fine-tune", "-o", "arch.args.num_classes=12"),  # the whole line, not cut short
+         "error: checkpoint 'good.pth': weights do not fit the model MnistModel: 2 tensors differ in shape "
+         "(checkpoint -> model): fc2.weight (10, 50) -> (12, 50), fc2.bias (10,) -> (12,); to start from the 6 of "
+         "its 8 tensors that fit (the others as initialised), add --partial\n"),
+    Case("fine-tune-partial-matches-nothing", "checkpoint", ("-r", "renamed.pth", "--fine-tune", "--partial"),
+         "checkpoint 'renamed.pth': --partial: none of its 8 tensors matches a tensor of the model MnistModel by "
+         "name and shape (8 tensors are in the checkpoint only: net.conv1.weight, net.conv1.bias, "
+         "net.conv2.weight, ... (8 in all); 8 tensors are in the model only: conv1.weight, "),
+    Case("partial-without-fine-tune", "cli", ("-r", "good.pth", "--partial"),
+         "--partial loads part of a checkpoint's weights into a new run: use it with --fine-tune -r CHECKPOINT"),
     Case("checkpoint-other-optimizer", "checkpoint",
          ("-r", "good.pth", "-o", "optimizer.type=AdamW", "-o", "trainer.epochs=3"),
          "checkpoint 'good.pth': saved with optimizer 'Adam', the config asks for 'AdamW'"),
@@ -284,6 +295,8 @@ def make_workspace(root: Path, mnist_dir: Path, good: bytes, edits: dict[str, An
     torch.save({**checkpoint, "arch": "ResNet"}, root / "other_arch.pth")
     reshaped = dict(checkpoint["state_dict"], **{"fc2.bias": torch.zeros(5)})
     torch.save({**checkpoint, "state_dict": reshaped}, root / "reshaped.pth")
+    renamed = {f"net.{key}": value for key, value in checkpoint["state_dict"].items()}
+    torch.save({**checkpoint, "state_dict": renamed}, root / "renamed.pth")
     five = {**checkpoint["config"], "arch": {"type": "MnistModel", "args": {"num_classes": 5}}}
     five_weights = dict(checkpoint["state_dict"], **{"fc2.weight": torch.zeros(5, 50), "fc2.bias": torch.zeros(5)})
     torch.save({**checkpoint, "state_dict": five_weights, "config": five}, root / "five_classes.pth")

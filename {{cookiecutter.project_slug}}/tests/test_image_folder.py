@@ -4,7 +4,9 @@ are decoded once into a cache that follows every change of the files; training b
 shifted by draws that depend only on (seed, epoch, batch)."""
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import train
 from data_loader import ImageFolderDataLoader, image_files
 from data_loader.image_folder import batch_seed, random_shift
 from parse_config import ConfigParser
-from utils.errors import InputError
+from utils.errors import InputError, TrainingInterrupted
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,6 +155,8 @@ def test_images_are_decoded_once_and_a_changed_image_rebuilds_the_cache(
 ) -> None:
     loader = ImageFolderDataLoader(str(images), batch_size=4, image_size=8)
     assert loader.dataset.tensors[0].dtype == torch.uint8  # type: ignore[attr-defined]
+    assert not (tmp_path / "cache").exists()  # written when batches are first asked for
+    iter(loader)
     cached = sorted((tmp_path / "cache").glob("*.pt"))
     assert len(cached) == 2  # train/ and val/
     first = loader.dataset.tensors[0].clone()  # type: ignore[attr-defined]
@@ -169,6 +173,7 @@ def test_images_are_decoded_once_and_a_changed_image_rebuilds_the_cache(
 
     Image.new("RGB", (8, 8), (255, 255, 255)).save(images / "train" / "blue" / "3.png")  # same name, new pixels
     changed = ImageFolderDataLoader(str(images), batch_size=4, image_size=8)
+    iter(changed)
     index = [path.name for path in sorted((images / "train" / "blue").iterdir())].index("3.png") + 12
     white = torch.full((3, 8, 8), 255, dtype=torch.uint8)
     assert torch.equal(changed.dataset.tensors[0][index], white)  # type: ignore[attr-defined]
@@ -260,21 +265,125 @@ def test_streamed_images_give_the_batches_of_cached_ones(images: Path) -> None:
             assert all(torch.equal(a, b) for a, b in zip(one, other, strict=True))
 
 
-def test_under_ddp_the_other_ranks_read_the_cache_that_rank_0_wrote(
+def test_under_ddp_the_other_ranks_read_the_images_that_rank_0_decoded(
     images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Rank 0 decodes and hands its images over in a temporary file, removed once every rank has
+    read it: the cache file itself waits for training, as in a single process."""
     folder = images / "train"
     paths = sorted(folder.rglob("*.png"))
     broadcasts: list[Any] = []
+    monkeypatch.setattr(image_files.distributed, "active", lambda: True)
+    monkeypatch.setattr(image_files.distributed, "is_main", lambda: True)
+    monkeypatch.setattr(image_files.distributed, "barrier", lambda: None)
     monkeypatch.setattr(image_files.distributed, "broadcast", lambda value: broadcasts.append(value) or value)
-    built = image_files.cached_images(folder, paths, 8, tmp_path / "cache")  # rank 0
-    assert broadcasts == [None]  # no error: the others go on and read
-    monkeypatch.setattr(image_files.distributed, "is_main", lambda: False)  # rank 1, after that broadcast
+    built, pending = image_files.cached_images(folder, paths, 8, tmp_path / "cache")  # rank 0
+    assert [kind for kind, _ in broadcasts] == ["ready"] and ".share" in broadcasts[0][1]
+    assert pending is not None and not (tmp_path / "cache").exists()  # handed over, then removed (folder too)
+    key = image_files.cache_key(paths, 8)
+    shared = image_files.share(built, key, image_files.cache_file(folder, key, tmp_path / "cache"))
+
+    def rank_1(news: tuple[str, Any], cache: Path) -> tuple[torch.Tensor, Any]:
+        with monkeypatch.context() as patched:
+            patched.setattr(image_files.distributed, "is_main", lambda: False)
+            patched.setattr(image_files.distributed, "broadcast", lambda value: news)
+            return image_files.cached_images(folder, paths, 8, cache)
+
     with monkeypatch.context() as patched:
         patched.setattr(image_files, "read_image", lambda path, size: pytest.fail(f"decoded {path} again"))
-        assert torch.equal(image_files.cached_images(folder, paths, 8, tmp_path / "cache"), built)
-    other_machine = image_files.cached_images(folder, paths, 8, tmp_path / "unshared")  # decodes for itself
-    assert torch.equal(other_machine, built)
-    monkeypatch.setattr(image_files.distributed, "broadcast", lambda value: "image x cannot be decoded (rank 0)")
+        assert torch.equal(rank_1(("ready", str(shared)), tmp_path / "cache")[0], built)  # rank 0's images
+    other_machine, own = rank_1(("ready", str(tmp_path / "elsewhere" / shared.name)), tmp_path / "unshared")
+    assert torch.equal(other_machine, built) and own is not None  # decoded for itself, its own cache pending
     with pytest.raises(InputError, match="rank 0"):  # rank 0's error, on every rank
-        image_files.cached_images(folder, paths, 8, tmp_path / "cache")
+        rank_1(("error", "image x cannot be decoded (rank 0)"), tmp_path / "cache")
+    with pytest.raises(TrainingInterrupted):  # and its stop signal
+        rank_1(("stopped", 15), tmp_path / "cache")
+    pending.write()
+    assert [path.name for path in (tmp_path / "cache").glob("*.pt")] == [pending.file.name]
+
+
+def test_a_model_with_fewer_outputs_than_class_folders_is_one_line_and_more_is_a_warning(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """arch.args.num_classes against the class folders of train/. More outputs than classes is
+    not refused: a head sized for classes still to come trains correctly (the extra outputs learn
+    never to win), but it is said, as it is usually a forgotten num_classes."""
+    config = image_config(images, tmp_path / "saved")
+    config["arch"]["args"]["num_classes"] = 2
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    assert train.main(["-c", str(config_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: config: the data has 3 classes (amber, blue, cyan) but the model outputs 2; set "
+                   "'arch.args.num_classes' to 3\n")
+    config["arch"]["args"]["num_classes"] = 5
+    config_path.write_text(json.dumps(config))
+    assert train.main(["-c", str(config_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("The model outputs 5 classes but the data has 3 (amber, blue, cyan): outputs 3 to 4 are never a target; "
+            "fine for a head kept for classes to come, else set 'arch.args.num_classes' to 3") in out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "images"]  # no cache/, no saved/
+
+
+def test_a_refused_run_and_a_dry_run_write_no_image_cache(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache file is written when training first asks for batches: a config refused after the
+    images were decoded (here by the optimizer) leaves none, and a dry run writes none, reading
+    an existing cache or decoding only the images it loads."""
+    config = image_config(images, tmp_path / "saved")
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    refused = ["-c", str(config_path), "-o", "optimizer.args.betas=[2, 0.5]"]  # Adam refuses it after the data
+    assert train.main(refused) == 2
+    assert "'optimizer.args' rejected by Adam" in capsys.readouterr().err
+    decoded: list[Path] = []
+    read_image = image_files.read_image
+    monkeypatch.setattr(image_files, "read_image", lambda path, size: decoded.append(path) or read_image(path, size))
+    assert train.main(["-c", str(config_path), "--dry-run"]) == 0
+    assert 0 < len(decoded) < 36 + 8  # the fit check's sample and two batches, not every image
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "images"]  # no cache/, no saved/
+
+    assert train.main(["-c", str(config_path), "--run-id", "run"]) == 0
+    cache = snapshot(tmp_path / "cache")
+    assert len(cache) == 2  # train/ and val/
+    decoded.clear()
+    assert train.main(["-c", str(config_path), "--dry-run"]) == 0
+    assert decoded == [] and snapshot(tmp_path / "cache") == cache  # read from the cache, left as it was
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.iterdir()}
+
+
+def test_the_image_folder_config_trains_two_classes(images: Path, tmp_path: Path) -> None:
+    """The shipped config's metrics suit any number of classes (top_k_acc with k=3, refused for
+    2 classes and always 1.0 for 3, is not among them)."""
+    shutil.rmtree(images / "train" / "cyan")
+    shutil.rmtree(images / "val" / "cyan")
+    config = image_config(images, tmp_path / "saved")
+    config["arch"]["args"]["num_classes"] = 2
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    assert train.main(["-c", str(config_path), "--dry-run"]) == 0
+
+
+def test_ctrl_c_while_decoding_stops_within_an_image_and_leaves_no_cache(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(image_config(images, tmp_path / "saved")))
+    decoded: list[Path] = []
+    read_image = image_files.read_image
+
+    def read_and_press_ctrl_c(path: Path, size: int) -> torch.Tensor:
+        decoded.append(path)
+        if len(decoded) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return read_image(path, size)
+
+    monkeypatch.setattr(image_files, "read_image", read_and_press_ctrl_c)
+    assert train.main(["-c", str(config_path)]) == 130
+    assert capsys.readouterr().err == "interrupted by signal 2 before training started; nothing was saved\n"
+    assert len(decoded) == 3  # the image being decoded is the last
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "images"]  # no cache/, no saved/

@@ -13,6 +13,7 @@ from test_bad_inputs import base_config, snapshot
 
 import sweep
 from parse_config import ConfigParser
+from sweeps.spec import read_sweep, with_values
 from sweeps.study import FAILURE, RESUME_FROM, RETRY_OF, RUN_DIR, duplicate_of, enqueue_missing_retries
 from sweeps.trial import resumed_trial_config
 from train import train
@@ -179,3 +180,95 @@ def test_retries_are_derived_from_failed_trials_once_and_a_duplicate_is_told_apa
     first, second = study.ask(), study.ask()
     assert first.user_attrs[RETRY_OF] == second.user_attrs[RETRY_OF] == stopped
     assert duplicate_of(study, first.number) is None and duplicate_of(study, second.number) == first.number
+
+
+# The study's space as Optuna records it in each trial: GOOD's `space`
+RECORDED = {"optimizer.args.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+            "data_loader.args.batch_size": optuna.distributions.CategoricalDistribution([32, 64])}
+
+
+def study_with_a_trial(root: Path, state: optuna.trial.TrialState, **attrs: Any) -> optuna.Study:
+    """Study 's' where sweep.py keeps it under `root`, holding one trial of GOOD's space that
+    ended in `state` with the user attributes `attrs`."""
+    folder = root / "saved" / "Mnist_LeNet" / "s"
+    folder.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{(folder / 'study.db').resolve()}")
+    trial = study.ask(RECORDED)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, 0.5 if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    return study
+
+
+# (id, the changed space of sweep.json, what the error line must say)
+CHANGED_SPACES: list[tuple[str, dict[str, Any], str]] = [
+    ("range", {**GOOD["space"], "optimizer.args.lr": {**LR, "low": 1e-3, "high": 1e-1}},
+     "'optimizer.args.lr' was float in [0.0001, 0.01] (log) in study 's', now float in [0.001, 0.1] (log)"),
+    ("scale", {**GOOD["space"], "optimizer.args.lr": {**LR, "log": False}},
+     "'optimizer.args.lr' was float in [0.0001, 0.01] (log) in study 's', now float in [0.0001, 0.01];"),
+    ("choices", {**GOOD["space"], "data_loader.args.batch_size": {**BATCH, "choices": [32, 128]}},
+     "'data_loader.args.batch_size' was categorical of [32, 64] in study 's', now categorical of [32, 128]"),
+    ("type", {**GOOD["space"], "data_loader.args.batch_size": {"type": "int", "low": 32, "high": 64}},
+     "'data_loader.args.batch_size' was categorical of [32, 64] in study 's', now int in [32, 64]"),
+    ("key-added", {**GOOD["space"], "trainer.seed": {"type": "int", "low": 1, "high": 5}},
+     "'space.trainer.seed' is new to study 's', whose trials search optimizer.args.lr, data_loader.args.batch_size"),
+    ("key-removed", {"optimizer.args.lr": LR},
+     "'data_loader.args.batch_size' (categorical of [32, 64]) is searched in study 's' but is not in 'space'"),
+]
+
+
+@pytest.mark.parametrize(("space", "names"), [case[1:] for case in CHANGED_SPACES],
+                         ids=[case[0] for case in CHANGED_SPACES])
+def test_a_space_that_changed_under_a_study_is_one_line_and_adds_no_trial(
+    space: dict[str, Any], names: str, tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Optuna fails a trial half-suggested (a traceback, a failed trial that is then retried) or
+    silently mixes two spaces in one study: the space is checked against the study's trials first."""
+    write_workspace(tmp_path, mnist_dir, edited(space=space))
+    monkeypatch.chdir(tmp_path)
+    study = study_with_a_trial(tmp_path, optuna.trial.TrialState.COMPLETE)
+    status, _, err = run_sweep(["-c", "config.json", "-s", "sweep.json", "--trials", "2"], capsys)
+    assert status == 2, err
+    assert err.startswith("error: sweep 'sweep.json': ") and err.count("\n") == 1, err
+    assert names in err and "Traceback" not in err, err
+    assert err.rstrip().endswith("; use a new --study, or the old space"), err
+    assert [trial.state.name for trial in study.get_trials()] == ["COMPLETE"]  # nothing added
+    assert not list((tmp_path / "saved" / "Mnist_LeNet" / "s").glob("trial-*"))
+
+
+def test_the_recorded_space_is_what_trials_record(tmp_path: Path, mnist_dir: Path) -> None:
+    """The check compares `Param.distribution()` with what `Param.suggest` records: equal for
+    every kind of parameter, or every study would be refused."""
+    space = {"optimizer.args.lr": {"type": "float", "low": 0.25, "high": 1, "step": 0.25},
+             "trainer.epochs": {"type": "int", "low": 1, "high": 9},
+             "data_loader.args.batch_size": {"type": "int", "low": 2, "high": 64, "log": True},
+             "optimizer.args.amsgrad": {"type": "categorical", "choices": [True, False]}}
+    (tmp_path / "sweep.json").write_text(json.dumps({"space": space}))
+    spec = read_sweep(tmp_path / "sweep.json", base_config(mnist_dir))
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    trial = study.ask()
+    for param in spec.space:
+        param.suggest(trial)
+    assert {param.key: param.distribution() for param in spec.space} == study.get_trials()[0].distributions
+
+
+def test_a_retried_trial_is_named_with_the_trial_and_the_run_it_continues(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A retry is a new trial of the study (trial 1) that trains on in the run folder of the trial
+    it retries (trial-0000): its line and the summary say both, not `trial 1` beside `trial-0000`."""
+    write_workspace(tmp_path, mnist_dir, GOOD)
+    monkeypatch.chdir(tmp_path)
+    values = {"optimizer.args.lr": 1e-3, "data_loader.args.batch_size": 64}
+    parser = ConfigParser(with_values(base_config(mnist_dir), values), run_id="s/trial-0000")
+    train(parser)  # trial 0's run, stopped after its last epoch (as a signal after the last step leaves it)
+    assert parser.run_dir is not None
+    study_with_a_trial(tmp_path, optuna.trial.TrialState.FAIL, **{RUN_DIR: str(parser.run_dir.resolve())})
+    status, out, err = run_sweep(["-c", "config.json", "-s", "sweep.json", "--trials", "1"], capsys)
+    assert status == 0, err
+    assert "trial 1 (retry of trial 0, run trial-0000) finished: best val_loss" in out, out
+    assert "in trial 1 (retry of trial 0, run trial-0000): " in out, out
+    summary = json.loads((tmp_path / "saved" / "Mnist_LeNet" / "s" / "summary.json").read_text())
+    assert summary["best_trial"] == 1 and summary["best_retry_of"] == 0
+    assert summary["best_run_dir"] == str(parser.run_dir.resolve())

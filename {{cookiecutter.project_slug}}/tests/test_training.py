@@ -10,11 +10,12 @@ import torch
 from conftest import TENSORBOARD
 
 import model.loss as module_loss
+import train as train_script
 from cli import apply_override
 from model.model import MnistModel
 from parse_config import ConfigParser
 from test import evaluate
-from train import train
+from train import build_trainer, train
 
 ConfigFactory = Callable[..., dict[str, Any]]
 
@@ -95,6 +96,32 @@ def test_fine_tuning_starts_a_new_run_from_the_weights(make_config: ConfigFactor
     tuned = tmp_path / "saved" / "Mnist_LeNet" / "tuned"
     assert [row["epoch"] for row in read_metrics(tuned)] == ["1"]
     assert len(read_metrics(base)) == 1
+
+
+def test_partial_fine_tuning_loads_what_fits_and_logs_what_it_left_out(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """Transfer learning into a head for 12 classes: --partial loads every tensor of the 10-class
+    checkpoint whose name and shape fit, bitwise; the new head is as a new run initialises it."""
+    run(make_config(trainer__epochs=1), run_id="base")
+    checkpoint = tmp_path / "saved" / "Mnist_LeNet" / "base" / "latest.pth"
+    saved = weights(checkpoint)
+    twelve = make_config(trainer__epochs=1, arch={"type": "MnistModel", "args": {"num_classes": 12}})
+    fresh = build_trainer(ConfigParser(twelve, run_id="fresh")).raw_model.state_dict()  # writes nothing
+    parser = ConfigParser(twelve, run_id="tuned", resume_path=checkpoint, fine_tune=True, partial=True)
+    trainer = build_trainer(parser)
+    loaded = trainer.raw_model.state_dict()
+    head = {"fc2.weight", "fc2.bias"}
+    assert all(torch.equal(loaded[key], saved[key]) for key in saved if key not in head)
+    assert all(torch.equal(loaded[key], fresh[key]) and loaded[key].shape[0] == 12 for key in head)
+    trainer.train()
+    log = (tmp_path / "saved" / "Mnist_LeNet" / "tuned" / "train.log").read_text()
+    assert (f"Fine-tuning from the weights of '{checkpoint}' (epoch 1): --partial loaded 6 of its 8 tensors (the "
+            "model has 8); left out: 2 tensors differ in shape (checkpoint -> model): fc2.weight (10, 50) -> "
+            "(12, 50), fc2.bias (10,) -> (12,)\n") in log
+    command = ["-r", str(checkpoint), "--fine-tune", "-o", "arch.args.num_classes=12", "--dry-run"]
+    assert train_script.main([*command, "--partial"]) == 0  # the flag reaches the trainer from the command line
+    assert train_script.main(command) == 2
 
 
 def test_evaluate_reports_metrics_and_writes_nothing(make_config: ConfigFactory, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from utils import distributed
-from utils.errors import InputError
+from utils.errors import InputError, listed
 from utils.seed import rng_state, set_rng_state
 
 # Bump when the layout of the dict changes (and teach `upgrade` the step); a checkpoint newer
@@ -267,17 +267,91 @@ def _unreadable(path: Path, exc: Exception) -> str:
     return f"checkpoint '{path}': not a readable checkpoint ({reason[:200]})"
 
 
-def load_weights(model: nn.Module, checkpoint: dict[str, Any], arch: str, path: Path | None) -> None:
-    """Load the checkpoint's weights into `model`, refusing one saved for another arch or
-    whose tensors do not fit."""
-    if checkpoint["arch"] != arch:
-        raise InputError(f"checkpoint '{path}': saved for arch '{checkpoint['arch']}', the config builds '{arch}'")
+Shape = tuple[int, ...]
+
+
+@dataclass
+class WeightsFit:
+    """How a checkpoint's tensors meet a model's, by name and shape."""
+
+    matching: list[str]  # same name, same shape: what a partial load takes
+    reshaped: list[tuple[str, Shape, Shape]]  # (name, the checkpoint's shape, the model's)
+    only_in_checkpoint: list[str]
+    only_in_model: list[str]
+
+    @property
+    def exact(self) -> bool:
+        return not (self.reshaped or self.only_in_checkpoint or self.only_in_model)
+
+    @property
+    def in_checkpoint(self) -> int:
+        return len(self.matching) + len(self.reshaped) + len(self.only_in_checkpoint)
+
+    @property
+    def in_model(self) -> int:
+        return len(self.matching) + len(self.reshaped) + len(self.only_in_model)
+
+    def difference(self, limit: int | None = None) -> str:
+        """What does not match, by kind, counted, each kind naming its first `limit` tensors (all
+        with None), e.g. `2 tensors differ in shape (checkpoint -> model): fc2.weight (10, 50) ->
+        (12, 50), fc2.bias (10,) -> (12,)`."""
+        reshaped = [f"{name} {old} -> {new}" for name, old, new in self.reshaped]
+        kinds = [(reshaped, "tensor differs", "tensors differ", " in shape (checkpoint -> model)"),
+                 (self.only_in_checkpoint, "tensor is", "tensors are", " in the checkpoint only"),
+                 (self.only_in_model, "tensor is", "tensors are", " in the model only")]
+        return "; ".join(f"{len(items)} {one if len(items) == 1 else many}{where}: {listed(items, limit)}"
+                         for items, one, many, where in kinds if items)
+
+
+def weights_fit(model: nn.Module, state_dict: dict[str, Any]) -> WeightsFit:
+    """Compare `state_dict` (prefixes stripped) with the model's own, tensor by tensor."""
+    own = unwrap_model(model).state_dict()
+    matching, reshaped = [], []
+    for name, value in state_dict.items():
+        if name in own:
+            saved, wanted = tuple(getattr(value, "shape", ())), tuple(own[name].shape)
+            if saved == wanted:
+                matching.append(name)
+            else:
+                reshaped.append((name, saved, wanted))
+    return WeightsFit(matching, reshaped, [name for name in state_dict if name not in own],
+                      [name for name in own if name not in state_dict])
+
+
+class WeightsMismatch(InputError):
+    """The checkpoint's weights are not the model's (another arch, or tensors that do not fit);
+    `fit` says which tensors would fit a partial load."""
+
+    def __init__(self, message: str, fit: WeightsFit) -> None:
+        super().__init__(message)
+        self.fit = fit
+
+
+def load_weights(model: nn.Module, checkpoint: dict[str, Any], arch: str, path: Path | None,
+                 partial: bool = False) -> WeightsFit:
+    """Load the checkpoint's weights into `model`. Without `partial`, every tensor must fit, in a
+    checkpoint of the same arch: else a WeightsMismatch saying which do not. With `partial`, load
+    every tensor whose name and shape match (of any arch; refused when none does) and leave the
+    model's others as they are. Returns how the tensors met."""
     state_dict = {_strip_wrappers(key): value for key, value in checkpoint["state_dict"].items()}
+    fit = weights_fit(model, state_dict)
+    if partial:
+        if not fit.matching:
+            raise InputError(f"checkpoint '{path}': --partial: none of its {fit.in_checkpoint} tensors matches a "
+                             f"tensor of the model {arch} by name and shape ({fit.difference(limit=3)})")
+        state_dict = {name: state_dict[name] for name in fit.matching}
+    elif checkpoint["arch"] != arch:
+        raise WeightsMismatch(f"checkpoint '{path}': saved for arch '{checkpoint['arch']}', the config builds "
+                              f"'{arch}'", fit)
+    elif not fit.exact:
+        raise WeightsMismatch(f"checkpoint '{path}': weights do not fit the model {arch}: "
+                              f"{fit.difference(limit=3)}", fit)
     try:
-        unwrap_model(model).load_state_dict(state_dict)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        raise InputError(f"checkpoint '{path}': weights do not fit the model ({detail[:300]})") from None
+        unwrap_model(model).load_state_dict(state_dict, strict=not partial)
+    except RuntimeError as exc:  # names and shapes fit, yet the module refused them (its own checks)
+        raise InputError(f"checkpoint '{path}': weights do not fit the model {arch}: "
+                         f"{' '.join(str(exc).split())}") from None
+    return fit
 
 
 def _strip_wrappers(key: str) -> str:

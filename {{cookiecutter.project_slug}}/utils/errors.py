@@ -8,6 +8,14 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def listed(names: list[str], limit: int | None = 10) -> str:
+    """`names` joined by commas for a message, the first `limit` of them (all with None) and
+    the count when there are more."""
+    if limit is None or len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
+
+
 class InputError(Exception):
     """A bad CLI argument, config value, checkpoint or data path.
 

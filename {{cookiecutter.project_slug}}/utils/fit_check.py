@@ -3,6 +3,7 @@ loader fit each other and the config: mistakes that would otherwise surface as a
 or a RuntimeError in the first batch (or, on a GPU, as a device-side assert)."""
 
 import inspect
+import logging
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,9 @@ import torch
 from torch import nn
 
 from utils.device import on_device
-from utils.errors import InputError
+from utils.errors import InputError, listed
+
+logger = logging.getLogger(__name__)
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -48,6 +51,7 @@ def check_model_fits_data(
         output = forward_in_eval_mode(model, data)
         if not isinstance(output, torch.Tensor) or output.dim() < 2:
             return
+        check_class_count(getattr(data_loader, "classes", None), output.size(1))
         max_label = data_loader.max_label() if hasattr(data_loader, "max_label") else None
         if max_label is None and target.numel() and target.dtype in INTEGER_DTYPES:
             max_label = int(target.max())  # only this sample's label is known
@@ -63,6 +67,22 @@ def check_model_fits_data(
                 except ValueError as exc:  # the function's own judgement of the model's output
                     name = getattr(fn, "__name__", type(fn).__name__)
                     raise InputError(f"config: {kind} '{name}': {exc}") from None
+
+
+def check_class_count(classes: Any, outputs: int) -> None:
+    """The classes a loader names (e.g. the class folders of train/) against the model's
+    outputs: fewer outputs is an InputError. More is a warning, not an error: a head sized for
+    classes still to come (or kept from a checkpoint) trains correctly, the extra outputs only
+    learn never to win; but it is more often a forgotten `arch.args.num_classes`."""
+    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
+        return
+    if outputs < len(classes):
+        raise InputError(f"config: the data has {len(classes)} classes ({listed(classes)}) but the model outputs "
+                         f"{outputs}; set 'arch.args.num_classes' to {len(classes)}")
+    if outputs > len(classes):
+        logger.warning("The model outputs %d classes but the data has %d (%s): outputs %d to %d are never a target; "
+                       "fine for a head kept for classes to come, else set 'arch.args.num_classes' to %d", outputs,
+                       len(classes), listed(classes), len(classes), outputs - 1, len(classes))
 
 
 def sample_on_device(data_loader: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:

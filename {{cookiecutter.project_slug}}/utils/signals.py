@@ -29,6 +29,11 @@ class StopRequest:
         self.signal_number: int | None = None
         self._depth = 0
 
+    def pending(self) -> int | None:
+        """The signal that asked to stop, inside a `listening()` block (None outside one: a
+        signal there is not recorded, and `signal_number` may be an earlier block's)."""
+        return self.signal_number if self._depth else None
+
     def _handle(self, signal_number: int, frame: FrameType | None) -> None:
         if self.signal_number is None:
             self.signal_number = signal_number
