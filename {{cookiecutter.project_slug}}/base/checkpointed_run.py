@@ -12,8 +12,9 @@ import torch
 
 from logger.metrics_csv import MetricsCSV
 from utils import distributed
-from utils.checkpoint import load_checkpoint, load_weights, restore_training_state, training_state
+from utils.checkpoint import Progress, load_checkpoint, load_weights, restore_training_state, training_state
 from utils.errors import InputError, TrainingDiverged, TrainingInterrupted
+from utils.lr_schedule import check_step_budget
 from utils.resume import apply_changes, capture_hyperparameters, check_changes, config_changes
 from utils.signals import stop_request
 from utils.tracker import MetricTracker
@@ -69,6 +70,7 @@ class CheckpointedRun:
         done = self.progress.batches_done if latest_only else 0
         self.progress.epoch = epoch - 1 if latest_only else epoch
         self.progress.batches_done = done
+        self.progress.samples_done = self._samples_done(done)
         self.progress.monitor_best = self.monitor.best
         self.progress.not_improved_count = self.monitor.not_improved_count
         self.progress.epoch_metrics = self._epoch_metrics_state() if done else None
@@ -79,6 +81,14 @@ class CheckpointedRun:
             self.last_checkpoint = str(self._saver.run_dir / "latest.pth")
         self.saving.saved(self.progress.global_step)
         distributed.barrier()
+
+    def _samples_done(self, batches_done: int) -> int | None:
+        """The samples of this epoch's order trained after `batches_done` batches of each
+        process (None when the data loader cannot tell)."""
+        if not batches_done:
+            return 0
+        samples_after = getattr(self.data_loader, "samples_after", None)
+        return samples_after(batches_done) if samples_after is not None else None
 
     def _resumed_metrics(self) -> dict[str, Any] | None:
         """This process's share of the saved running metrics: its own when the number of
@@ -95,6 +105,35 @@ class CheckpointedRun:
         """The running training metrics: every DDP rank's own, so that each can go on exactly."""
         own = self.train_metrics.state()
         return {"per_rank": distributed.gather(own)} if distributed.active() else own
+
+    def _resume_position(self, progress: Progress, path: Path) -> tuple[int, int | None]:
+        """Where the resumed epoch starts: the batches of it already trained, counted on this
+        run's number of processes, and the samples of its order already trained (None: skip
+        batches instead). A data loader that counts samples (BaseDataLoader's) resumes from
+        them on any number of processes; another one only on the saved number. Refuses, in one
+        line, what cannot go on with every sample of the epoch trained once."""
+        saved, now = self.saved_world_size, distributed.world_size()
+        changed = f"the run trained on {processes(saved)} and this one has {now}"
+        if saved != now and self.scheduler_interval == "step":
+            scheduler = self.config["lr_scheduler"]["type"]
+            raise InputError(
+                f"checkpoint '{path}': {changed}: lr_scheduler {scheduler} steps at every optimizer step, and an "
+                f"epoch takes another number of optimizer steps on {processes(now)}, so the schedule would no "
+                f"longer fit the run; resume on {processes(saved)}, or start a new run from these weights: "
+                "--fine-tune -r CHECKPOINT"
+            )
+        if not progress.batches_done:
+            return 0, None
+        if hasattr(self.data_loader, "batches_before") and progress.samples_done is not None:
+            return self.data_loader.batches_before(progress.samples_done), progress.samples_done
+        if saved != now:
+            raise InputError(
+                f"checkpoint '{path}': {changed}, and it stopped inside epoch {progress.epoch + 1}, whose rest the "
+                f"data loader {type(self.data_loader).__name__} cannot share out among other processes (only a "
+                f"BaseDataLoader can), so samples would be trained twice or never; resume on {processes(saved)}, "
+                "or from a checkpoint written at the end of an epoch"
+            )
+        return progress.batches_done, None
 
     def _stop(self, checkpoint: Path, where: str) -> NoReturn:
         assert self.stop_signal is not None
@@ -123,16 +162,33 @@ class CheckpointedRun:
             logger.info("'%s' is older than the newest state of its run, %s, which is left as it is: "
                         "branching into %s", self.config.resume_path, self.config.branched_from, run_dir)
         if self.config.resuming:
-            logger.info("Resuming from '%s' at epoch %d with %d of its batches already trained, in %s",
-                        self.config.resume_path, self.start_epoch, self.start_batch, run_dir)
+            changed = self.saved_world_size != distributed.world_size()
+            done = f"{self.start_batch} of its batches already trained"
+            if changed and self.start_samples:
+                done = (f"{self.progress.batches_done} of its batches already trained on "
+                        f"{processes(self.saved_world_size)} (its first {self.start_samples} samples)")
+            logger.info("Resuming from '%s' at epoch %d with %s, in %s", self.config.resume_path, self.start_epoch,
+                        done, run_dir)
             if self.resumed_with:
                 logger.info("Resuming with new values: %s", self.resumed_with)
+            if changed:
+                logger.info(self._world_size_note())
         else:
             logger.info("Run directory: %s", run_dir)
         if self.start_note:
             logger.info(self.start_note)
         if distributed.active():
             logger.info("DDP: %d processes, %s", distributed.world_size(), self.device.type)
+
+    def _world_size_note(self) -> str:
+        """What a resume on another number of processes changes, for the log."""
+        now, saved = distributed.world_size(), self.saved_world_size
+        rest = (f"the rest of epoch {self.start_epoch} is resharded over {processes(now)}, each sample trained "
+                "once; " if self.start_samples else "")
+        batches = self.stepper.accumulate * now  # per optimizer step, over all processes
+        return (f"Resumed on {processes(now)}; the run had {saved}: {rest}an optimizer step now averages the "
+                f"gradients of {batches} batch{'es' if batches > 1 else ''} (it averaged "
+                f"{self.stepper.accumulate * saved}), so the result is not bitwise that of a run on {processes(saved)}")
 
     def _report_failure(self, exc: Exception, run_dir: Path) -> bool:
         """Log an error that ends training; True when the run folder is to be removed: a new run
@@ -183,7 +239,11 @@ class CheckpointedRun:
             raise InputError(f"checkpoint '{path}': the run {where} trainer.epochs {self.epochs}; "
                              f"to train longer, resume with -o trainer.epochs=N{least}")
         self.progress = progress
-        self.start_epoch, self.start_batch = progress.epoch + 1, progress.batches_done
+        self.start_epoch, self.saved_world_size = progress.epoch + 1, checkpoint["world_size"]
+        self.start_batch, self.start_samples = self._resume_position(progress, path)
+        if self.scheduler_interval == "step":  # after the check of the number of processes, which says more
+            check_step_budget(self.lr_scheduler, -(-self._batches_per_epoch() // self.stepper.accumulate),
+                              self.epochs, resuming=True)
         if progress.monitor_best is not None:
             self.monitor.best = progress.monitor_best
         self.monitor.not_improved_count = progress.not_improved_count
@@ -235,3 +295,8 @@ class AgreementSchedule:
             every = MAX_STEPS_APART if per_step <= 0 else int(AGREE_EVERY_SECONDS / per_step)
         self.next_step = global_step + min(max(every, 1), MAX_STEPS_APART)
         self.last_step, self.last_time = global_step, time.monotonic()
+
+
+def processes(count: int) -> str:
+    """'1 process', '2 processes'."""
+    return f"{count} process" if count == 1 else f"{count} processes"
