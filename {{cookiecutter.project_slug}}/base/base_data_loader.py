@@ -260,6 +260,17 @@ class BaseDataLoader(StopSafeDataLoader):
     def batches_per_epoch(self) -> int:
         return self.batches.batches_per_epoch()
 
+    def epoch_batch(self, index: int) -> tuple[Any, list[int]]:
+        """Batch `index` (from 0) of the current epoch fetched again, as this process was served
+        it (on the host, before any `device_transform`), and the dataset indices of its samples:
+        to look at a batch after it was trained (one whose loss was NaN)."""
+        size = self.batches.batch_size
+        first = (index - self.batches.skip) * size
+        indices = self.batches.epoch_order()[first : first + size].tolist()
+        if self._fetches_whole_batches(self.dataset):
+            return list(self.dataset[indices]), indices
+        return self._collate_fn([self.dataset[i] for i in indices]), indices
+
     def max_label(self) -> int | None:
         """The largest class label of the training and validation data, when the datasets can
         tell without loading samples (a TensorDataset whose last tensor holds integer labels,

@@ -5,6 +5,7 @@ restoring a checkpoint under the rules of utils/resume.py. BaseTrainer builds on
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -13,7 +14,8 @@ import torch
 from logger.metrics_csv import MetricsCSV
 from utils import distributed
 from utils.checkpoint import Progress, load_checkpoint, load_weights, restore_training_state, training_state
-from utils.errors import InputError, TrainingDiverged, TrainingInterrupted
+from utils.device import on_device
+from utils.errors import InputError, TrainingDiverged, TrainingInterrupted, first_line
 from utils.lr_schedule import check_step_budget
 from utils.resume import apply_changes, capture_hyperparameters, check_changes, config_changes
 from utils.signals import stop_request
@@ -26,6 +28,7 @@ logger = logging.getLogger("trainer")
 # operation and no read from the device (a single process reads its own signal at every step).
 AGREE_EVERY_SECONDS = 0.25
 MAX_STEPS_APART = 20
+NO_BATCH = 2**62  # no NaN loss among the recent batches: larger than any batch number
 
 
 class CheckpointedRun:
@@ -52,16 +55,37 @@ class CheckpointedRun:
         """Raise TrainingDiverged if a loss of this epoch was NaN or infinite (and, with
         `weights`, if a weight is), before anything holding such weights is written. Called at
         least every RECENT_BATCHES batches (utils/tracker.py), at the same batches on every DDP
-        rank; reads the device once (twice with `weights`)."""
+        rank; reads the device once (twice with `weights`). The batch named is the earliest of
+        any rank; its data are fetched again and checked, to tell bad data from divergence."""
         first = self.train_metrics.first_nonfinite("loss")
-        at = -1 if first is None else self.tracked_from + first + 1
+        own = NO_BATCH if first is None else self.tracked_from + first + 1
         bad_weights = 0
         if weights:
             bad_weights = int(torch.stack([~torch.isfinite(p).all() for p in self.raw_model.parameters()]).any())
-        at, bad_weights = distributed.max_across_ranks([at, bad_weights], self.device)
-        if at >= 0 or bad_weights:
-            raise TrainingDiverged(epoch, at if at >= 0 else self.progress.batches_done, self.batches_in_epoch,
-                                   self.last_checkpoint)
+        earliest, bad_weights = distributed.max_across_ranks([-own, bad_weights], self.device)
+        at = -earliest
+        if at == NO_BATCH and not bad_weights:
+            return
+        bad_samples = self._nonfinite_samples(epoch, at) if own == at != NO_BATCH else None
+        found = [samples for samples in distributed.gather(bad_samples) if samples]
+        raise TrainingDiverged(epoch, at if at != NO_BATCH else self.progress.batches_done, self.batches_in_epoch,
+                               self.last_checkpoint, found[0] if found else None)
+
+    def _nonfinite_samples(self, epoch: int, batch: int) -> list[int] | None:
+        """The dataset indices of the samples of this process's `batch`-th batch (from 1) of
+        `epoch` whose data hold NaN or infinite values, the batch fetched again from the data
+        loader and put on the device as it was trained; None when the loader cannot fetch it."""
+        loader = self.data_loader
+        if not hasattr(loader, "epoch_batch"):
+            return None
+        try:
+            fetched, indices = loader.epoch_batch(batch - 1)
+            trained = next(on_device([fetched], loader, self.device, epoch, batch - 1))
+            bad = nonfinite_rows(trained, len(indices))
+        except Exception as exc:  # noqa: BLE001  (a look back on the way to an error: that error is the one to report)
+            logger.warning("Could not check the data of batch %d again: %s", batch, first_line(exc))
+            return None
+        return sorted(indices[row] for row in bad)
 
     def _save(self, epoch: int, is_best: bool = False, latest_only: bool = False) -> None:
         """Save the state after `epoch` (or, `latest_only`, the position inside it). Rank 0
@@ -295,6 +319,33 @@ class AgreementSchedule:
             every = MAX_STEPS_APART if per_step <= 0 else int(AGREE_EVERY_SECONDS / per_step)
         self.next_step = global_step + min(max(every, 1), MAX_STEPS_APART)
         self.last_step, self.last_time = global_step, time.monotonic()
+
+
+def nonfinite_rows(batch: Any, count: int) -> list[int]:
+    """The positions (0 to `count` - 1) of the samples of `batch` (tensors, possibly in tuples,
+    lists and dicts, each with a first dimension of `count` samples) whose floating-point
+    values include a NaN or an infinity. A tensor of another shape counts against every sample."""
+    bad = torch.zeros(count, dtype=torch.bool)
+    for tensor in tensors_in(batch):
+        if not tensor.is_floating_point():
+            continue
+        if tensor.dim() >= 1 and tensor.shape[0] == count:
+            bad |= (~torch.isfinite(tensor.detach().reshape(count, -1))).any(dim=1).cpu()
+        elif not torch.isfinite(tensor).all():
+            bad[:] = True
+    return bad.nonzero().flatten().tolist()
+
+
+def tensors_in(batch: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in `batch`, also inside tuples, lists and dicts."""
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, dict):
+        for value in batch.values():
+            yield from tensors_in(value)
+    elif isinstance(batch, (list, tuple)):
+        for value in batch:
+            yield from tensors_in(value)
 
 
 def processes(count: int) -> str:
