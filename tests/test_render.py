@@ -78,9 +78,9 @@ def test_generated_code_passes_ruff(rendered: Render) -> None:
     assert result.returncode == 0, result.stdout[-3000:]
 
 
-# The only places a tensorboard=no project may name TensorBoard: the config key that victoresque
-# configs carry (accepted, only false) and the checkpoint key kept for one checkpoint layout.
-TENSORBOARD_ROWS_KEPT = ("| `trainer.tensorboard` |", "| `tensorboard_step` |")
+# The only place a tensorboard=no project may name TensorBoard: the config key that victoresque
+# configs carry (accepted, only false).
+TENSORBOARD_ROWS_KEPT = ("| `trainer.tensorboard` |",)
 
 
 def tensorboard_lines(text: str) -> list[str]:
@@ -97,8 +97,8 @@ def test_a_project_without_tensorboard_mentions_it_only_where_it_must(rendered: 
     project = rendered(tensorboard="no")
     readme = tensorboard_lines((project / "README.md").read_text())
     assert [line for line in readme if not line.startswith(TENSORBOARD_ROWS_KEPT)] == []
-    assert [line.split("|")[1].strip() for line in readme] == ["`tensorboard_step`", "`trainer.tensorboard`"]
-    assert "accepted for victoresque configs" in readme[1]
+    assert [line.split("|")[1].strip() for line in readme] == ["`trainer.tensorboard`"]
+    assert "accepted for victoresque configs" in readme[0]
     for name in (
         "requirements.txt",
         "requirements-dev.txt",

@@ -23,17 +23,24 @@ INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64
 
 class EpochBatches(Sampler[list[int]]):
     """The batches of one epoch: `indices` in an order that depends only on (`seed`, epoch) when
-    shuffling, cut into batches of `batch_size`, the first `skip` batches left out.
+    shuffling, cut into batches of `batch_size`, those already trained left out.
 
     Because the order is a function of the epoch rather than of a generator's running state,
-    a resumed run (at an epoch boundary or in the middle of one, skipping the batches already
-    trained on) sees exactly the batches that an uninterrupted run sees.
+    a resumed run (at an epoch boundary or in the middle of one, skipping what was already
+    trained) sees exactly the batches that an uninterrupted run sees.
 
     Under DDP (`world_size` > 1) each rank takes every `world_size`-th sample of that order,
     starting at its `rank`, as DistributedSampler does. With `pad`, the order is first padded
     (repeating its start) to a multiple of `world_size`, so that every rank has the same number
     of batches, which training needs; validation shards are left unpadded, so each sample
     counts once.
+
+    Where an epoch resumes is a number of samples of its order (the same for every number of
+    processes): once every rank trained `b` batches, the first `world_size * b * batch_size`
+    samples of the order are trained, whichever rank took them. A resumed epoch shares the rest
+    of the order out among the ranks in the same way (padded again where needed), so a resume
+    on another number of processes still trains every sample once, and a resume on the same
+    number serves exactly the batches an uninterrupted run would.
     """
 
     def __init__(self, indices: list[int], batch_size: int, shuffle: bool, seed: int,
@@ -44,34 +51,59 @@ class EpochBatches(Sampler[list[int]]):
         self.seed = seed
         self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch = 1
-        self.skip = 0
+        self.start = 0  # samples of the epoch's order already trained
+        self.skip = 0  # batches of this world size those samples fill: the first batch served is number `skip`
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
+    def set_epoch(self, epoch: int, skip: int = 0, samples_done: int | None = None) -> None:
+        """Serve `epoch` after its first `skip` batches (of this number of processes) or, when
+        given, after the first `samples_done` samples of its order (trained on any number)."""
+        if samples_done is None:
+            samples_done = skip * self.batch_size * self.world_size
+        self.epoch = epoch
+        self.start = min(samples_done, len(self.indices))
+        self.skip = self.batches_before(self.start)
+
+    def batches_before(self, samples_done: int) -> int:
+        """The batches each rank of this world size takes to train the first `samples_done`
+        samples of an epoch's order (rounded up: the number the next batch is counted from)."""
+        return math.ceil(min(samples_done, len(self.indices)) / (self.batch_size * self.world_size))
+
+    def samples_after(self, batches_done: int) -> int:
+        """The samples of the epoch's order trained once every rank trained its first
+        `batches_done` batches of the epoch (counted from 0, as `skip` is)."""
+        trained = self.start + (batches_done - self.skip) * self.batch_size * self.world_size
+        return min(trained, len(self.indices))
 
     def samples_per_rank(self) -> int:
+        return self._samples_per_rank(0)
+
+    def _samples_per_rank(self, start: int) -> int:
+        left = len(self.indices) - start
         if self.pad:
-            return math.ceil(len(self.indices) / self.world_size)
-        return len(range(self.rank, len(self.indices), self.world_size))
+            return math.ceil(left / self.world_size)
+        return len(range(self.rank, left, self.world_size))
 
     def batches_per_epoch(self) -> int:
         return math.ceil(self.samples_per_rank() / self.batch_size)
 
     def __len__(self) -> int:
-        return max(self.batches_per_epoch() - self.skip, 0)
+        return math.ceil(self._samples_per_rank(self.start) / self.batch_size)
 
     def epoch_order(self) -> torch.Tensor:
-        """This rank's sample indices for the epoch, in order, without the skipped batches."""
+        """This rank's sample indices for the rest of the epoch, in order."""
         order = torch.as_tensor(self.indices, dtype=torch.long)
         if self.shuffle:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = order[torch.randperm(len(order), generator=generator)]
+        rest = order[self.start :]
         if self.world_size > 1:
-            if self.pad and len(order) % self.world_size:
-                padding = self.world_size - len(order) % self.world_size
-                order = torch.cat([order, order.repeat(math.ceil(padding / len(order)))[:padding]])
-            order = order[self.rank :: self.world_size]
-        return order[self.skip * self.batch_size :]
+            if self.pad and len(rest) % self.world_size:
+                # the epoch's first samples, repeated: for an epoch from its start the padding of
+                # DistributedSampler; a resume on the same number of processes pads alike
+                padding = self.world_size - len(rest) % self.world_size
+                rest = torch.cat([rest, order.repeat(math.ceil(padding / len(order)))[:padding]])
+            rest = rest[self.rank :: self.world_size]
+        return rest
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.epoch_order().tolist()
@@ -164,8 +196,9 @@ class BaseDataLoader(StopSafeDataLoader):
 
     The training batches come from an `EpochBatches` sampler whose `seed` is drawn from the
     global torch RNG (so `trainer.seed` fixes it) and saved in checkpoints; the trainer calls
-    `set_epoch(epoch, skip)` before every epoch. The generator of worker seeds is reseeded every
-    epoch too, so random augmentations in worker processes also depend only on (seed, epoch).
+    `set_epoch` before every epoch (with the samples already trained, for a resumed one). The
+    generator of worker seeds is reseeded every epoch too, so random augmentations in worker
+    processes also depend only on (seed, epoch).
     """
 
     def __init__(
@@ -201,14 +234,42 @@ class BaseDataLoader(StopSafeDataLoader):
     def seed(self, seed: int) -> None:
         self.batches.seed = seed
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Serve the batches of `epoch`, leaving out its first `skip` (already trained on)."""
-        self.batches.set_epoch(epoch, skip)
+    def set_epoch(self, epoch: int, skip: int = 0, samples_done: int | None = None) -> None:
+        """Serve the batches of `epoch` not trained yet: all but its first `skip` batches (of
+        this number of processes) or, when given, all but the first `samples_done` samples of
+        its order (trained on any number of processes: see EpochBatches). The first batch
+        served is then number `first_batch()` of the epoch (from 0)."""
+        self.batches.set_epoch(epoch, skip, samples_done)
         assert self.generator is not None
         self.generator.manual_seed(epoch_seed(self.seed + 1, epoch))
 
+    def first_batch(self) -> int:
+        """The number (from 0) in its epoch of the first batch served: the batches already trained."""
+        return self.batches.skip
+
+    def batches_before(self, samples_done: int) -> int:
+        """The batches per process that the first `samples_done` samples of an epoch's order
+        fill on this number of processes (rounded up)."""
+        return self.batches.batches_before(samples_done)
+
+    def samples_after(self, batches_done: int) -> int:
+        """The samples of this epoch's order trained once every process trained its first
+        `batches_done` batches of it: the position a checkpoint records."""
+        return self.batches.samples_after(batches_done)
+
     def batches_per_epoch(self) -> int:
         return self.batches.batches_per_epoch()
+
+    def epoch_batch(self, index: int) -> tuple[Any, list[int]]:
+        """Batch `index` (from 0) of the current epoch fetched again, as this process was served
+        it (on the host, before any `device_transform`), and the dataset indices of its samples:
+        to look at a batch after it was trained (one whose loss was NaN)."""
+        size = self.batches.batch_size
+        first = (index - self.batches.skip) * size
+        indices = self.batches.epoch_order()[first : first + size].tolist()
+        if self._fetches_whole_batches(self.dataset):
+            return list(self.dataset[indices]), indices
+        return self._collate_fn([self.dataset[i] for i in indices]), indices
 
     def max_label(self) -> int | None:
         """The largest class label of the training and validation data, when the datasets can

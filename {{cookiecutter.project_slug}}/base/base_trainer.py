@@ -74,11 +74,12 @@ class BaseTrainer(CheckpointedRun):
         validated = [f"val_{name}" for name in names] if valid_data_loader is not None else []
         if optimizer is not None:  # a trainer that only evaluates (test.py) monitors nothing
             self.monitor.check_logged([*names, *validated, "lr"])
-        if self.scheduler_interval == "step" and optimizer is not None:
-            check_step_budget(lr_scheduler, -(-self._batches_per_epoch() // self.stepper.accumulate), self.epochs,
-                              resuming=config.resuming)
+        if self.scheduler_interval == "step" and optimizer is not None and not config.resuming:  # resuming: restore()
+            check_step_budget(lr_scheduler, -(-self._batches_per_epoch() // self.stepper.accumulate), self.epochs)
         self.progress = Progress()  # epoch/batches_done: where training stands
         self.start_epoch, self.start_batch = 1, 0
+        self.start_samples: int | None = None  # of the start epoch's order, already trained (a resume)
+        self.saved_world_size = distributed.world_size()  # the number of processes of the resumed run
         self.saving = SaveSchedule(options["save_every_steps"], options["save_every_minutes"])
         self.agreement = AgreementSchedule()  # when DDP ranks agree on a stop
         self.stop_signal: int | None = None  # SIGINT/SIGTERM that stops training, agreed by every rank
@@ -176,15 +177,15 @@ class BaseTrainer(CheckpointedRun):
 
     def _train_epoch(self, epoch: int) -> dict[str, float] | None:
         """The training half of `epoch`; its metrics, or None when a signal stopped it."""
-        skip = self.start_batch if epoch == self.start_epoch else 0
-        if hasattr(self.data_loader, "set_epoch"):
-            self.data_loader.set_epoch(epoch, skip)
+        skip = self._set_epoch(epoch)
         total = skip + len(self.data_loader)
         self._begin_epoch(skip, total)
         self.model.train()
         with self._bar(self.data_loader, f"epoch {epoch}/{self.epochs} train", skip) as bar:
             for batch in on_device(bar, self.data_loader, self.device, epoch, skip):
-                step = self.stepper.is_due(self.progress.batches_done + 1, total)
+                # accumulation counted from where this process began the epoch: a resume on another
+                # number of processes may begin between two steps of the saved run's count
+                step = self.stepper.is_due(self.progress.batches_done + 1 - skip, total - skip)
                 try:
                     self._train_batch(batch, step)
                 except Exception as exc:  # at a step boundary, a failure caused by a signal is a stop
@@ -202,6 +203,19 @@ class BaseTrainer(CheckpointedRun):
                     bar.set_postfix(loss=f"{self.train_metrics.average('loss'):.4f}", refresh=False)
         self.train_metrics.sum_across_ranks(self.device)
         return self.train_metrics.result()
+
+    def _set_epoch(self, epoch: int) -> int:
+        """Point the data loader at `epoch`, at the resumed position for the first epoch of a
+        resumed run; returns the batches of it already trained (the first one served is that
+        number, from 0)."""
+        loader = self.data_loader
+        if epoch == self.start_epoch and self.start_samples is not None:
+            loader.set_epoch(epoch, samples_done=self.start_samples)  # type: ignore[attr-defined]
+            return loader.first_batch()  # type: ignore[attr-defined]
+        skip = self.start_batch if epoch == self.start_epoch else 0
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch, skip)
+        return skip
 
     def _train_batch(self, batch: Batch, step: bool) -> None:
         with self.stepper.autocast():

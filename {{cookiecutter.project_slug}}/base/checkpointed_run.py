@@ -5,6 +5,7 @@ restoring a checkpoint under the rules of utils/resume.py. BaseTrainer builds on
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -13,13 +14,16 @@ import torch
 from logger.metrics_csv import MetricsCSV
 from utils import distributed
 from utils.checkpoint import (
+    Progress,
     WeightsMismatch,
     load_checkpoint,
     load_weights,
     restore_training_state,
     training_state,
 )
-from utils.errors import InputError, TrainingDiverged, TrainingInterrupted
+from utils.device import on_device
+from utils.errors import InputError, TrainingDiverged, TrainingInterrupted, first_line
+from utils.lr_schedule import check_step_budget
 from utils.resume import apply_changes, capture_hyperparameters, check_changes, config_changes
 from utils.signals import stop_request
 from utils.tracker import MetricTracker
@@ -31,6 +35,7 @@ logger = logging.getLogger("trainer")
 # operation and no read from the device (a single process reads its own signal at every step).
 AGREE_EVERY_SECONDS = 0.25
 MAX_STEPS_APART = 20
+NO_BATCH = 2**62  # no NaN loss among the recent batches: larger than any batch number
 
 
 class CheckpointedRun:
@@ -57,16 +62,37 @@ class CheckpointedRun:
         """Raise TrainingDiverged if a loss of this epoch was NaN or infinite (and, with
         `weights`, if a weight is), before anything holding such weights is written. Called at
         least every RECENT_BATCHES batches (utils/tracker.py), at the same batches on every DDP
-        rank; reads the device once (twice with `weights`)."""
+        rank; reads the device once (twice with `weights`). The batch named is the earliest of
+        any rank; its data are fetched again and checked, to tell bad data from divergence."""
         first = self.train_metrics.first_nonfinite("loss")
-        at = -1 if first is None else self.tracked_from + first + 1
+        own = NO_BATCH if first is None else self.tracked_from + first + 1
         bad_weights = 0
         if weights:
             bad_weights = int(torch.stack([~torch.isfinite(p).all() for p in self.raw_model.parameters()]).any())
-        at, bad_weights = distributed.max_across_ranks([at, bad_weights], self.device)
-        if at >= 0 or bad_weights:
-            raise TrainingDiverged(epoch, at if at >= 0 else self.progress.batches_done, self.batches_in_epoch,
-                                   self.last_checkpoint)
+        earliest, bad_weights = distributed.max_across_ranks([-own, bad_weights], self.device)
+        at = -earliest
+        if at == NO_BATCH and not bad_weights:
+            return
+        bad_samples = self._nonfinite_samples(epoch, at) if own == at != NO_BATCH else None
+        found = [samples for samples in distributed.gather(bad_samples) if samples]
+        raise TrainingDiverged(epoch, at if at != NO_BATCH else self.progress.batches_done, self.batches_in_epoch,
+                               self.last_checkpoint, found[0] if found else None)
+
+    def _nonfinite_samples(self, epoch: int, batch: int) -> list[int] | None:
+        """The dataset indices of the samples of this process's `batch`-th batch (from 1) of
+        `epoch` whose data hold NaN or infinite values, the batch fetched again from the data
+        loader and put on the device as it was trained; None when the loader cannot fetch it."""
+        loader = self.data_loader
+        if not hasattr(loader, "epoch_batch"):
+            return None
+        try:
+            fetched, indices = loader.epoch_batch(batch - 1)
+            trained = next(on_device([fetched], loader, self.device, epoch, batch - 1))
+            bad = nonfinite_rows(trained, len(indices))
+        except Exception as exc:  # noqa: BLE001  (a look back on the way to an error: that error is the one to report)
+            logger.warning("Could not check the data of batch %d again: %s", batch, first_line(exc))
+            return None
+        return sorted(indices[row] for row in bad)
 
     def _save(self, epoch: int, is_best: bool = False, latest_only: bool = False) -> None:
         """Save the state after `epoch` (or, `latest_only`, the position inside it). Rank 0
@@ -75,6 +101,7 @@ class CheckpointedRun:
         done = self.progress.batches_done if latest_only else 0
         self.progress.epoch = epoch - 1 if latest_only else epoch
         self.progress.batches_done = done
+        self.progress.samples_done = self._samples_done(done)
         self.progress.monitor_best = self.monitor.best
         self.progress.not_improved_count = self.monitor.not_improved_count
         self.progress.epoch_metrics = self._epoch_metrics_state() if done else None
@@ -85,6 +112,14 @@ class CheckpointedRun:
             self.last_checkpoint = str(self._saver.run_dir / "latest.pth")
         self.saving.saved(self.progress.global_step)
         distributed.barrier()
+
+    def _samples_done(self, batches_done: int) -> int | None:
+        """The samples of this epoch's order trained after `batches_done` batches of each
+        process (None when the data loader cannot tell)."""
+        if not batches_done:
+            return 0
+        samples_after = getattr(self.data_loader, "samples_after", None)
+        return samples_after(batches_done) if samples_after is not None else None
 
     def _resumed_metrics(self) -> dict[str, Any] | None:
         """This process's share of the saved running metrics: its own when the number of
@@ -101,6 +136,35 @@ class CheckpointedRun:
         """The running training metrics: every DDP rank's own, so that each can go on exactly."""
         own = self.train_metrics.state()
         return {"per_rank": distributed.gather(own)} if distributed.active() else own
+
+    def _resume_position(self, progress: Progress, path: Path) -> tuple[int, int | None]:
+        """Where the resumed epoch starts: the batches of it already trained, counted on this
+        run's number of processes, and the samples of its order already trained (None: skip
+        batches instead). A data loader that counts samples (BaseDataLoader's) resumes from
+        them on any number of processes; another one only on the saved number. Refuses, in one
+        line, what cannot go on with every sample of the epoch trained once."""
+        saved, now = self.saved_world_size, distributed.world_size()
+        changed = f"the run trained on {processes(saved)} and this one has {now}"
+        if saved != now and self.scheduler_interval == "step":
+            scheduler = self.config["lr_scheduler"]["type"]
+            raise InputError(
+                f"checkpoint '{path}': {changed}: lr_scheduler {scheduler} steps at every optimizer step, and an "
+                f"epoch takes another number of optimizer steps on {processes(now)}, so the schedule would no "
+                f"longer fit the run; resume on {processes(saved)}, or start a new run from these weights: "
+                "--fine-tune -r CHECKPOINT"
+            )
+        if not progress.batches_done:
+            return 0, None
+        if hasattr(self.data_loader, "batches_before") and progress.samples_done is not None:
+            return self.data_loader.batches_before(progress.samples_done), progress.samples_done
+        if saved != now:
+            raise InputError(
+                f"checkpoint '{path}': {changed}, and it stopped inside epoch {progress.epoch + 1}, whose rest the "
+                f"data loader {type(self.data_loader).__name__} cannot share out among other processes (only a "
+                f"BaseDataLoader can), so samples would be trained twice or never; resume on {processes(saved)}, "
+                "or from a checkpoint written at the end of an epoch"
+            )
+        return progress.batches_done, None
 
     def _stop(self, checkpoint: Path, where: str) -> NoReturn:
         assert self.stop_signal is not None
@@ -129,16 +193,33 @@ class CheckpointedRun:
             logger.info("'%s' is older than the newest state of its run, %s, which is left as it is: "
                         "branching into %s", self.config.resume_path, self.config.branched_from, run_dir)
         if self.config.resuming:
-            logger.info("Resuming from '%s' at epoch %d with %d of its batches already trained, in %s",
-                        self.config.resume_path, self.start_epoch, self.start_batch, run_dir)
+            changed = self.saved_world_size != distributed.world_size()
+            done = f"{self.start_batch} of its batches already trained"
+            if changed and self.start_samples:
+                done = (f"{self.progress.batches_done} of its batches already trained on "
+                        f"{processes(self.saved_world_size)} (its first {self.start_samples} samples)")
+            logger.info("Resuming from '%s' at epoch %d with %s, in %s", self.config.resume_path, self.start_epoch,
+                        done, run_dir)
             if self.resumed_with:
                 logger.info("Resuming with new values: %s", self.resumed_with)
+            if changed:
+                logger.info(self._world_size_note())
         else:
             logger.info("Run directory: %s", run_dir)
         if self.start_note:
             logger.info(self.start_note)
         if distributed.active():
             logger.info("DDP: %d processes, %s", distributed.world_size(), self.device.type)
+
+    def _world_size_note(self) -> str:
+        """What a resume on another number of processes changes, for the log."""
+        now, saved = distributed.world_size(), self.saved_world_size
+        rest = (f"the rest of epoch {self.start_epoch} is resharded over {processes(now)}, each sample trained "
+                "once; " if self.start_samples else "")
+        batches = self.stepper.accumulate * now  # per optimizer step, over all processes
+        return (f"Resumed on {processes(now)}; the run had {saved}: {rest}an optimizer step now averages the "
+                f"gradients of {batches} batch{'es' if batches > 1 else ''} (it averaged "
+                f"{self.stepper.accumulate * saved}), so the result is not bitwise that of a run on {processes(saved)}")
 
     def _report_failure(self, exc: Exception, run_dir: Path) -> bool:
         """Log an error that ends training; True when the run folder is to be removed: a new run
@@ -188,7 +269,11 @@ class CheckpointedRun:
             raise InputError(f"checkpoint '{path}': the run {where} trainer.epochs {self.epochs}; "
                              f"to train longer, resume with -o trainer.epochs=N{least}")
         self.progress = progress
-        self.start_epoch, self.start_batch = progress.epoch + 1, progress.batches_done
+        self.start_epoch, self.saved_world_size = progress.epoch + 1, checkpoint["world_size"]
+        self.start_batch, self.start_samples = self._resume_position(progress, path)
+        if self.scheduler_interval == "step":  # after the check of the number of processes, which says more
+            check_step_budget(self.lr_scheduler, -(-self._batches_per_epoch() // self.stepper.accumulate),
+                              self.epochs, resuming=True)
         if progress.monitor_best is not None:
             self.monitor.best = progress.monitor_best
         self.monitor.not_improved_count = progress.not_improved_count
@@ -257,3 +342,35 @@ class AgreementSchedule:
             every = MAX_STEPS_APART if per_step <= 0 else int(AGREE_EVERY_SECONDS / per_step)
         self.next_step = global_step + min(max(every, 1), MAX_STEPS_APART)
         self.last_step, self.last_time = global_step, time.monotonic()
+
+
+def nonfinite_rows(batch: Any, count: int) -> list[int]:
+    """The positions (0 to `count` - 1) of the samples of `batch` (tensors, possibly in tuples,
+    lists and dicts, each with a first dimension of `count` samples) whose floating-point
+    values include a NaN or an infinity. A tensor of another shape counts against every sample."""
+    bad = torch.zeros(count, dtype=torch.bool)
+    for tensor in tensors_in(batch):
+        if not tensor.is_floating_point():
+            continue
+        if tensor.dim() >= 1 and tensor.shape[0] == count:
+            bad |= (~torch.isfinite(tensor.detach().reshape(count, -1))).any(dim=1).cpu()
+        elif not torch.isfinite(tensor).all():
+            bad[:] = True
+    return bad.nonzero().flatten().tolist()
+
+
+def tensors_in(batch: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in `batch`, also inside tuples, lists and dicts."""
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, dict):
+        for value in batch.values():
+            yield from tensors_in(value)
+    elif isinstance(batch, (list, tuple)):
+        for value in batch:
+            yield from tensors_in(value)
+
+
+def processes(count: int) -> str:
+    """'1 process', '2 processes'."""
+    return f"{count} process" if count == 1 else f"{count} processes"

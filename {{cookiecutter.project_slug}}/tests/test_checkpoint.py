@@ -9,7 +9,17 @@ import torch
 from torch import nn
 
 from model.model import MnistModel
-from utils.checkpoint import FORMAT_VERSION, CheckpointSaver, load_checkpoint, load_weights, unwrap_model
+from utils import distributed
+from utils.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointSaver,
+    load_checkpoint,
+    load_weights,
+    restore_training_state,
+    unwrap_model,
+    upgrade,
+)
+from utils.seed import rng_state, set_rng_state
 
 
 def minimal_state(model: nn.Module, epoch: int = 1) -> dict:
@@ -90,3 +100,31 @@ def test_a_version_2_checkpoint_is_upgraded_in_one_place_and_resumes(make_config
     assert upgraded["classes"] is None and upgraded["rng_per_rank"] is None
     assert train.main(["-r", str(latest), "-o", "trainer.epochs=2"]) == 0
     assert torch.load(latest, weights_only=True)["epoch"] == 2
+
+
+def test_a_version_3_checkpoint_gets_its_number_of_processes_and_the_samples_it_trained() -> None:
+    """Format 4 records the number of processes and the position inside an epoch in samples;
+    for older checkpoints `upgrade` derives both (every rank took its share of the order's start)."""
+    config = {"data_loader": {"args": {"batch_size": 32}}}
+    old = {"format_version": 3, "arch": "MnistModel", "epoch": 1, "state_dict": {}, "config": config, "rng": None,
+           "batches_done": 5, "rng_per_rank": None, "classes": None}
+    assert (upgrade(old)["world_size"], upgrade(old)["samples_done"]) == (1, 5 * 32)
+    two = upgrade({**old, "rng_per_rank": [{}, {}]})
+    assert (two["world_size"], two["samples_done"], two["format_version"]) == (2, 2 * 5 * 32, FORMAT_VERSION)
+    assert upgrade({**old, "config": {"name": "x"}})["samples_done"] is None  # no batch size: counted in batches
+
+
+def test_ranks_a_checkpoint_did_not_have_get_random_states_of_their_own(monkeypatch: Any) -> None:
+    optimizer = torch.optim.SGD(MnistModel().parameters(), lr=0.1)
+    checkpoint = {"optimizer": None, "lr_scheduler": None, "scaler": None, "data_loader_seed": None,
+                  "rng": rng_state(), "rng_per_rank": None, "epoch": 1, "batches_done": 0, "samples_done": 0,
+                  "global_step": 0, "monitor_best": None, "not_improved_count": 0, "epoch_metrics": None}
+    draws = []
+    for rank in (0, 1, 1, 2):  # a single-process checkpoint resumed on 3 processes
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        restore_training_state(checkpoint, optimizer, None, None)
+        draws.append(torch.rand(3))
+    rank0, rank1, again, rank2 = draws
+    set_rng_state(checkpoint["rng"])
+    assert torch.equal(rank0, torch.rand(3))  # rank 0 goes on with the saved state
+    assert torch.equal(rank1, again) and not torch.equal(rank1, rank0) and not torch.equal(rank1, rank2)

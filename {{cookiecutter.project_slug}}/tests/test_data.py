@@ -86,11 +86,11 @@ def test_bad_validation_split_is_refused(mnist_dir: Path, split: object, message
         MnistDataLoader(str(mnist_dir), batch_size=32, validation_split=split)  # type: ignore[arg-type]
 
 
-def batches_of(loader: Any, epoch: int, skip: int = 0) -> list[list[torch.Tensor]]:
+def batches_of(loader: Any, epoch: int, skip: int = 0, samples_done: int | None = None) -> list[list[torch.Tensor]]:
     if hasattr(loader, "set_epoch"):
-        loader.set_epoch(epoch, skip)
+        loader.set_epoch(epoch, skip, samples_done)
     else:
-        loader.sampler.set_epoch(epoch, skip)
+        loader.sampler.set_epoch(epoch, skip, samples_done)
     return [[part.cpu() for part in batch] for batch in loader]
 
 
@@ -117,10 +117,11 @@ def resident_and_host_loaders(mnist_dir: Path, device: torch.device, **ddp: int)
 @pytest.mark.parametrize("ddp", [{}, {"rank": 1, "world_size": 3}])
 def test_batches_indexed_in_memory_equal_the_data_loaders_batches(mnist_dir: Path, ddp: dict[str, int]) -> None:
     resident, host = resident_and_host_loaders(mnist_dir, torch.device("cpu"), **ddp)
-    for epoch, skip in ((1, 0), (2, 0), (2, 1), (3, 2)):  # a new order every epoch; a resume skips batches
-        expected = batches_of(host, epoch, skip)
+    # a new order every epoch; a resume skips batches, or samples trained on another number of processes
+    for epoch, skip, samples_done in ((1, 0, None), (2, 0, None), (2, 1, None), (3, 2, None), (3, 0, 100)):
+        expected = batches_of(host, epoch, skip, samples_done)
         assert len(expected) == len(host) and expected
-        assert_same_batches(expected, batches_of(resident, epoch, skip))
+        assert_same_batches(expected, batches_of(resident, epoch, skip, samples_done))
     assert batches_of(resident, 1, resident.batches_per_epoch()) == []  # an epoch resumed after its last batch
     valid_resident, valid_host = resident.split_validation(), host.split_validation()
     assert valid_resident.keep_on(torch.device("cpu"))

@@ -1,6 +1,7 @@
 """What a resume may do: an older checkpoint branches into a new run folder and leaves the run
 as it was; new optimizer and scheduler values are applied, not just recorded; anything else
-that would change the run is refused in one line."""
+that would change the run is refused in one line, and so is a resume on another number of
+processes that could not go on exactly (a per-step schedule, a loader that counts no samples)."""
 
 import csv
 import json
@@ -10,8 +11,12 @@ from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import train
+from parse_config import ConfigParser
+from utils.checkpoint import Progress
+from utils.errors import InputError
 
 ConfigFactory = Callable[..., dict[str, Any]]
 
@@ -125,3 +130,40 @@ def test_a_change_a_resume_cannot_honour_is_refused_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith(f"error: checkpoint '{one_epoch}': resuming cannot change '{key}'") and err.count("\n") == 1
     assert snapshot(one_epoch.parent) == before
+
+
+def with_world_size(checkpoint: Path, processes: int) -> None:
+    """Make `checkpoint` one that `processes` DDP processes wrote (each rank's RNG state)."""
+    state = load(checkpoint)
+    torch.save({**state, "world_size": processes, "rng_per_rank": [state["rng"]] * processes}, checkpoint)
+
+
+def test_a_per_step_schedule_cannot_resume_on_another_number_of_processes(
+    make_config: ConfigFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    one_cycle = {"type": "OneCycleLR", "args": {"max_lr": 0.01, "epochs": 2, "steps_per_epoch": 12}}
+    (tmp_path / "config.json").write_text(json.dumps(make_config(trainer__epochs=1, lr_scheduler=one_cycle)))
+    assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "run"]) == 0
+    latest = run_dir(tmp_path, "run") / "latest.pth"
+    with_world_size(latest, 2)
+    before = snapshot(latest.parent)
+    assert train.main(["-r", str(latest), "-o", "trainer.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint '{latest}': the run trained on 2 processes and this one has 1: "
+                          "lr_scheduler OneCycleLR steps at every optimizer step") and err.count("\n") == 1
+    assert "resume on 2 processes, or start a new run from these weights" in err
+    assert snapshot(latest.parent) == before
+
+
+def test_a_data_loader_without_sample_positions_resumes_an_epoch_on_the_saved_number_of_processes_only(
+    make_config: ConfigFactory, tmp_path: Path,
+) -> None:
+    trainer = train.build_trainer(ConfigParser(make_config()))
+    trainer.data_loader = DataLoader(trainer.data_loader.dataset, batch_size=32)  # no BaseDataLoader
+    stopped_inside = Progress(epoch=1, batches_done=3, samples_done=None)
+    assert trainer._resume_position(stopped_inside, tmp_path / "latest.pth") == (3, None)  # skips 3 batches
+    trainer.saved_world_size = 2
+    with pytest.raises(InputError, match=r"the run trained on 2 processes and this one has 1, and it stopped inside "
+                                         r"epoch 2, whose rest the data loader DataLoader cannot share out"):
+        trainer._resume_position(stopped_inside, tmp_path / "latest.pth")
+    assert trainer._resume_position(Progress(epoch=1), tmp_path / "latest.pth") == (0, None)  # an epoch's end: fine

@@ -84,11 +84,31 @@ def test_a_nan_loss_stops_with_status_3_and_keeps_the_last_good_checkpoint(
     err = capsys.readouterr().err
     folder = run_dir(tmp_path, "nan")
     assert err.count("\n") == 1 and "in epoch 2 at batch 5 of 12" in err and str(folder / "latest.pth") in err
+    assert "try a lower 'optimizer.args.lr'" in err and "check the data" not in err  # the data were fine
     assert sorted(path.name for path in folder.glob("*.pth")) == ["checkpoint-epoch1.pth", "latest.pth",
                                                                    "model_best.pth"]
     latest = load(folder / "latest.pth")
     assert latest["epoch"] == 1 and all(torch.isfinite(t).all() for t in latest["state_dict"].values())
     assert "Training failed: training diverged" in (folder / "train.log").read_text()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_nan_loss_from_nan_in_the_data_says_so_and_names_the_samples(
+    make_config: ConfigFactory, tmp_path: Path, value: float,
+) -> None:
+    trainer = train.build_trainer(fresh(make_config(trainer__epochs=1), "bad-data"))
+    trainer.data_loader.set_epoch(1)
+    order = trainer.data_loader.batches.epoch_order().tolist()
+    bad = sorted([order[40], order[45]])  # both in batch 2 of epoch 1 (batches of 32)
+    images = trainer.data_loader.dataset.tensors[0]
+    images[bad[0], 0, 3, 4] = value
+    images[bad[1]] = value
+    with pytest.raises(TrainingDiverged) as caught:
+        trainer.train()
+    message = str(caught.value)
+    assert "in epoch 1 at batch 2 of 12, and the data of that batch already hold NaN or infinite values" in message
+    assert f"(dataset samples {bad[0]}, {bad[1]}): check the data" in message and "optimizer.args.lr" not in message
+    assert caught.value.bad_samples == bad
 
 
 def test_a_nan_loss_is_caught_before_a_mid_epoch_save(

@@ -1,13 +1,17 @@
-"""Gradient accumulation, mixed precision on the CPU, and the batch arithmetic DDP relies on."""
+"""Gradient accumulation, mixed precision on the CPU, and the batch arithmetic DDP relies on:
+shards, and an epoch resumed on another number of processes (each of its samples trained once)."""
 
+import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from test_resume import signal_after
 
 import train
 from base import checkpointed_run
@@ -23,6 +27,7 @@ from parse_config import ConfigParser
 from utils import distributed
 from utils.checkpoint import Progress
 from utils.device import set_deterministic
+from utils.errors import TrainingInterrupted
 
 ConfigFactory = Callable[..., dict[str, Any]]
 
@@ -79,6 +84,77 @@ def test_ddp_shards_give_every_rank_the_same_number_of_steps(n_samples: int) -> 
     assert sorted(index for shard in shards for batch in shard for index in batch) == list(range(101))
 
 
+def served(indices: int, processes: int, epoch: int = 3, **position: int) -> list[list[list[int]]]:
+    """The batches (sample indices) each of `processes` ranks is served in `epoch` of a shuffled
+    order of `indices` samples at batch 8, resumed at `position` (`skip` or `samples_done`)."""
+    ranks = []
+    for rank in range(processes):
+        batches = EpochBatches(list(range(indices)), batch_size=8, shuffle=True, seed=3, rank=rank,
+                               world_size=processes)
+        batches.set_epoch(epoch, **position)
+        ranks.append(list(batches))
+    return ranks
+
+
+@pytest.mark.parametrize("indices", [400, 403], ids=["no-padding", "padding"])
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2), (4, 2), (2, 4), (3, 2), (2, 2)])
+def test_an_epoch_resumed_on_another_number_of_processes_trains_each_sample_once(
+    indices: int, before: int, after: int,
+) -> None:
+    whole = served(indices, before)
+    for done in (1, 3, len(whole[0]) // 2, len(whole[0]) - 1, len(whole[0])):  # batches of each rank before the stop
+        first = [index for rank in whole for batch in rank[:done] for index in batch]
+        position = EpochBatches(list(range(indices)), 8, shuffle=True, seed=3, world_size=before)
+        samples_done = position.samples_after(done)
+        assert samples_done == min(before * done * 8, indices)  # every rank's first batches: the order's start
+        rest = served(indices, after, samples_done=samples_done)
+        assert len({len(rank) for rank in rest}) == 1, rest  # the same number of batches on every rank
+        trained = Counter(first + [index for rank in rest for batch in rank for index in batch])
+        twice = sorted(index for index, count in trained.items() if count > 1)
+        assert set(trained) == set(range(indices)), (before, after, done, sorted(set(range(indices)) - set(trained)))
+        if indices % before == 0 and indices % after == 0:
+            assert not twice, (before, after, done, twice)  # each sample exactly once
+        else:  # DistributedSampler's padding: a few samples of the epoch's start, once more
+            assert sum(trained.values()) - indices < before + after, (before, after, done, twice)
+        if before == after:  # the same number of processes: the batches of an uninterrupted epoch
+            assert rest == [rank[done:] for rank in whole] == served(indices, after, skip=done)
+
+
+def test_a_checkpoint_of_two_processes_resumes_on_one_with_the_samples_and_sums_left(
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mid-epoch checkpoint as two processes write it (each rank's 3 batches and running sums,
+    the first 192 samples of the order) resumed in one process trains the rest of the order once,
+    from the merged sums: here that equals, bitwise, a single process stopped after 6 batches."""
+    config = make_config()
+    train.train(ConfigParser(json.loads(json.dumps(config)), run_id="straight"))
+    with monkeypatch.context() as patch:
+        signal_after(patch, "train_step", 12 + 6)  # 12 batches an epoch: stops in epoch 2 after 6
+        with pytest.raises(TrainingInterrupted):
+            train.train(ConfigParser(json.loads(json.dumps(config)), run_id="stopped"))
+    folder = tmp_path / "saved" / "Mnist_LeNet" / "stopped"
+    state = torch.load(folder / "latest.pth", weights_only=True)
+    assert (state["epoch"], state["batches_done"]) == (1, 6)
+    recorded = (state.get("samples_done"), state.get("world_size"))
+    sums = state["epoch_metrics"]
+    other_rank = {"sums": {key: torch.zeros(()) for key in sums["sums"]}, "counts": dict.fromkeys(sums["counts"], 0)}
+    state.update(world_size=2, batches_done=3, rng_per_rank=[state["rng"], state["rng"]],
+                 epoch_metrics={"per_rank": [sums, other_rank]})
+    torch.save(state, folder / "latest.pth")
+
+    assert train.main(["-r", str(folder / "latest.pth")]) == 0
+    straight, resumed = (torch.load(tmp_path / "saved" / "Mnist_LeNet" / run / "latest.pth", weights_only=True)
+                         for run in ("straight", "stopped"))
+    assert resumed["global_step"] == straight["global_step"] == 24
+    assert all(torch.equal(straight["state_dict"][key], resumed["state_dict"][key]) for key in straight["state_dict"])
+    assert ((folder / "metrics.csv").read_text() ==
+            (tmp_path / "saved" / "Mnist_LeNet" / "straight" / "metrics.csv").read_text())
+    log = (folder / "train.log").read_text()
+    assert "at epoch 2 with 3 of its batches already trained on 2 processes (its first 192 samples)" in log
+    assert "Resumed on 1 process; the run had 2: the rest of epoch 2 is resharded over 1 process" in log
+    assert recorded == (192, 1)  # the samples of the order trained, the number of processes
+
+
 def test_ddp_ranks_agree_on_a_stop_every_quarter_second_and_save_by_steps_without_agreeing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -90,6 +166,7 @@ def test_ddp_ranks_agree_on_a_stop_every_quarter_second_and_save_by_steps_withou
 
     monkeypatch.setattr(distributed, "active", lambda: True)
     monkeypatch.setattr(distributed, "max_across_ranks", max_across_ranks)
+    monkeypatch.setattr(checkpointed_run.stop_request, "signal_number", None)  # whatever a test before left
     monkeypatch.setattr(checkpointed_run.time, "monotonic", lambda: clock[0])
     run = CheckpointedRun()
     run.progress, run.device = Progress(), torch.device("cpu")

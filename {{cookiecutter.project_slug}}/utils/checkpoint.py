@@ -14,12 +14,13 @@ from torch import nn
 
 from utils import distributed
 from utils.errors import InputError, listed
-from utils.seed import rng_state, set_rng_state
+from utils.seed import rng_state, seed_everything, set_rng_state
 
 # Bump when the layout of the dict changes (and teach `upgrade` the step); a checkpoint newer
 # than this is refused. 1: weights and epoch-level state; 2: the position inside an epoch, RNGs;
-# 3: the class list of image folders, every DDP rank's running metrics, no tensorboard_step.
-FORMAT_VERSION = 3
+# 3: the class list of image folders, every DDP rank's running metrics, no tensorboard_step;
+# 4: the number of processes that trained, and the position inside an epoch in samples.
+FORMAT_VERSION = 4
 REQUIRED_KEYS = ("format_version", "arch", "epoch", "state_dict", "config")
 
 
@@ -183,18 +184,38 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
         upgraded.pop("tensorboard_step", None)  # written, never read
         upgraded.setdefault("classes", None)
         upgraded.setdefault("rng_per_rank", None)
+    if upgraded["format_version"] < 4:
+        upgraded["world_size"] = len(upgraded["rng_per_rank"] or [None])
+        upgraded["samples_done"] = _samples_done(upgraded)
     upgraded["format_version"] = FORMAT_VERSION
     return upgraded
+
+
+def _samples_done(checkpoint: dict[str, Any]) -> int | None:
+    """The samples of the epoch's order trained, for a checkpoint that counted only batches:
+    before format 4 an epoch always ran on one number of processes, each rank taking every
+    `world_size`-th sample of the order, so `batches_done` batches of each rank covered its first
+    `world_size x batches_done x batch_size` samples (more than the epoch has once it is over:
+    the data loader caps it). None when the config names no batch size."""
+    if not checkpoint["batches_done"]:
+        return 0
+    try:
+        batch_size = checkpoint["config"]["data_loader"]["args"]["batch_size"]
+    except (KeyError, TypeError):
+        return None
+    return checkpoint["world_size"] * checkpoint["batches_done"] * batch_size if isinstance(batch_size, int) else None
 
 
 @dataclass
 class Progress:
     """Where a run is: `epoch` epochs finished and `batches_done` batches of the next one trained
-    (with `epoch_metrics`, their running sums), `global_step` optimizer steps in all, and the
-    monitored metric's best value and epochs without improvement."""
+    by each process (with `epoch_metrics`, their running sums), which are its first
+    `samples_done` samples (None where the data loader cannot tell), `global_step` optimizer
+    steps in all, and the monitored metric's best value and epochs without improvement."""
 
     epoch: int = 0
     batches_done: int = 0
+    samples_done: int | None = 0
     global_step: int = 0
     monitor_best: float | None = None
     not_improved_count: int = 0
@@ -204,7 +225,8 @@ class Progress:
 def training_state(progress: Progress, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                    scaler: Any, config: dict[str, Any], loader: Any = None) -> dict[str, Any]:
     """Everything the next batch depends on, as plain data (loads with weights_only=True): the
-    checkpoint dict. Under DDP every rank's RNG state is gathered into `rng_per_rank`."""
+    checkpoint dict. Under DDP every rank's RNG state is gathered into `rng_per_rank`;
+    `world_size` is the number of processes that trained."""
     rng = rng_state()
     return {
         "format_version": FORMAT_VERSION,
@@ -216,6 +238,7 @@ def training_state(progress: Progress, model: nn.Module, optimizer: torch.optim.
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng,
         "rng_per_rank": distributed.gather(rng) if distributed.active() else None,
+        "world_size": distributed.world_size(),
         "data_loader_seed": getattr(loader, "seed", None),
         "classes": getattr(loader, "classes", None),  # an image folder's class list: test.py labels by it
         "config": config,
@@ -225,7 +248,9 @@ def training_state(progress: Progress, model: nn.Module, optimizer: torch.optim.
 def restore_training_state(checkpoint: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
                            scaler: Any, loader: Any = None) -> Progress:
     """Put the optimizer, scheduler, scaler, data order and random number generators back as
-    the checkpoint has them (weights: `load_weights`); returns the run's progress."""
+    the checkpoint has them (weights: `load_weights`); returns the run's progress. Each DDP rank
+    takes the random state its rank saved; on more processes than saved, the new ranks get
+    states of their own, derived from rank 0's."""
     if checkpoint["optimizer"] is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
     if scheduler is not None and checkpoint["lr_scheduler"] is not None:
@@ -234,11 +259,12 @@ def restore_training_state(checkpoint: dict[str, Any], optimizer: torch.optim.Op
         scaler.load_state_dict(checkpoint["scaler"])
     if hasattr(loader, "seed") and checkpoint["data_loader_seed"] is not None:
         loader.seed = checkpoint["data_loader_seed"]
-    per_rank = checkpoint["rng_per_rank"]
-    if per_rank is not None and len(per_rank) == distributed.world_size():
-        set_rng_state(per_rank[distributed.rank()])
-    elif checkpoint["rng"] is not None:
-        set_rng_state(checkpoint["rng"])
+    states = checkpoint["rng_per_rank"] or ([checkpoint["rng"]] if checkpoint["rng"] is not None else [])
+    if distributed.rank() < len(states):
+        set_rng_state(states[distributed.rank()])
+    elif states:  # a rank the saved run did not have: random numbers of its own, drawn from rank 0's
+        set_rng_state(states[0])
+        seed_everything(int(torch.randint(0, 2**31, (1,))) + distributed.rank())  # numpy: < 2**32
     return Progress(**{field.name: checkpoint[field.name] for field in fields(Progress)})
 
 

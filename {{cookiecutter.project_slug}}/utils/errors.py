@@ -41,14 +41,22 @@ class TrainingInterrupted(Exception):
 
 class TrainingDiverged(Exception):
     """The training loss became NaN or infinite. No checkpoint holding the weights it produced
-    is written; train.py prints one line and exits with EXIT_DIVERGED."""
+    is written; train.py prints one line and exits with EXIT_DIVERGED. `bad_samples`: the
+    dataset indices of that batch's samples whose data were already NaN or infinite (then the
+    data, not the learning rate, are to blame)."""
 
     EXIT_STATUS = 3
 
-    def __init__(self, epoch: int, batch: int, batches: int, last_good: str | None) -> None:
+    def __init__(self, epoch: int, batch: int, batches: int, last_good: str | None,
+                 bad_samples: list[int] | None = None) -> None:
         resume = (f"the last good checkpoint is {last_good}" if last_good is not None
                   else "no checkpoint of this run was written")
-        super().__init__(
-            f"training diverged: the loss is NaN or infinite in epoch {epoch} at batch {batch} of {batches}; "
-            f"{resume}; try a lower 'optimizer.args.lr' or set 'trainer.clip_grad_norm'"
-        )
+        where = f"training diverged: the loss is NaN or infinite in epoch {epoch} at batch {batch} of {batches}"
+        if bad_samples:
+            shown = ", ".join(map(str, bad_samples[:5])) + (", ..." if len(bad_samples) > 5 else "")
+            message = (f"{where}, and the data of that batch already hold NaN or infinite values "
+                       f"(dataset samples {shown}): check the data; {resume}")
+        else:
+            message = f"{where}; {resume}; try a lower 'optimizer.args.lr' or set 'trainer.clip_grad_norm'"
+        super().__init__(message)
+        self.bad_samples = bad_samples or []
