@@ -26,7 +26,7 @@ REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
     (not TENSORBOARD, ("logger/visualization.py",)),
     (TENSORBOARD, ("logger/__init__.no_tensorboard.py",)),
     (not GITHUB_ACTIONS, (".github",)),
-    (not SWEEPS, ("sweep.py", "sweep.json", "sweeps", "tests/test_sweep.py")),
+    (not SWEEPS, ("sweep.py", "sweep.json", "sweeps", "reports/study.py", "tests/test_sweep.py")),
     (
         DATASET != "image_folder",
         (

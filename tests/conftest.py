@@ -42,6 +42,10 @@ EXPECTED_FILES = {
     "requirements-dev.txt",
     "test.py",
     "train.py",
+    "report.py",
+    "reports/__init__.py",
+    "reports/runs.py",
+    "reports/study.py",
     "sweep.py",
     "sweep.json",
     "sweeps/__init__.py",
@@ -94,6 +98,7 @@ EXPECTED_FILES = {
     "tests/test_fit_check.py",
     "tests/test_metrics_csv.py",
     "tests/test_resume.py",
+    "tests/test_report.py",
     "tests/test_resume_rules.py",
     "tests/test_run_files.py",
     "tests/test_safety.py",
@@ -104,7 +109,7 @@ EXPECTED_FILES = {
 }
 
 # What sweeps=no leaves out (README.md and requirements.txt lose their sweep parts).
-SWEEP_FILES = {name for name in EXPECTED_FILES if name.startswith(("sweep", "tests/test_sweep"))}
+SWEEP_FILES = {name for name in EXPECTED_FILES if name.startswith(("sweep", "tests/test_sweep"))} | {"reports/study.py"}
 
 
 def expected_files(answers: dict[str, str]) -> set[str]:

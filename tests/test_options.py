@@ -79,6 +79,7 @@ def test_variant_renders_the_exact_files_and_lints(rendered: Render, answers: di
     requirements = (project / "requirements.txt").read_text()
     assert ("tensorboard" in requirements) == (answers.get("tensorboard", "yes") == "yes")
     assert ("optuna" in requirements) == (answers.get("sweeps", "yes") == "yes")
+    assert "matplotlib>=" in requirements  # report.py's plots, in every variant
     linted = run_python(project, "-m", "ruff", "check", "--no-cache", ".", timeout=120)
     assert linted.returncode == 0, linted.stdout[-3000:]
 

@@ -74,6 +74,17 @@ def make_config(mnist_dir: Path, tmp_path: Path) -> Callable[..., dict[str, Any]
     return make
 
 
+def call_main(main: Callable[[list[str]], int], args: list[str],
+              capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run an entry point's main() as the command line would: (exit status, stdout, stderr)."""
+    try:
+        status = main(args)
+    except SystemExit as exit_:  # argparse usage errors
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
 def victoresque_checkpoint(state_dict: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """What victoresque/pytorch-template's trainer saves: weights with DataParallel's `module.`
     prefixes and its live ConfigParser object, pickled by reference to `parse_config.ConfigParser`

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import MNIST_CONFIG, PROJECT_ROOT, victoresque_checkpoint
+from conftest import MNIST_CONFIG, PROJECT_ROOT, call_main, victoresque_checkpoint
 from torchvision import datasets
 
 import test as test_script
@@ -314,13 +314,7 @@ def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
 
 def run(script: str, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run train.py's or test.py's main() as the command line would; (status, stdout, stderr)."""
-    main = train.main if script == "train" else test_script.main
-    try:
-        status = main(args)
-    except SystemExit as exit_:  # argparse usage errors
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+    return call_main(train.main if script == "train" else test_script.main, args, capsys)
 
 
 @pytest.fixture(autouse=True)

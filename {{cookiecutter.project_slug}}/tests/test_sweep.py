@@ -1,16 +1,21 @@
 """sweep.py in-process on the synthetic data: the bad sweep files of the bad-input catalogue
 (exit status 2, one `error:` line naming the file and key, nothing created), a short study whose
 trials are ordinary runs, what a resumed trial takes from the command line, and how retries are
-derived from the study (none lost when a process dies, none run twice)."""
+derived from the study (none lost when a process dies, none run twice); report.py on a study."""
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+from conftest import call_main
+from matplotlib import image
 from test_bad_inputs import base_config, snapshot
+from test_report import write_run
 
+import report
 import sweep
 from parse_config import ConfigParser
 from sweeps.spec import read_sweep, with_values
@@ -90,12 +95,7 @@ def write_workspace(root: Path, mnist_dir: Path, content: Any) -> None:
 
 
 def run_sweep(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        status = sweep.main(args)
-    except SystemExit as exit_:  # argparse usage errors
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+    return call_main(sweep.main, args, capsys)
 
 
 @pytest.mark.parametrize(("content", "args", "names"), [case[1:] for case in SWEEP_CATALOGUE],
@@ -272,3 +272,61 @@ def test_a_retried_trial_is_named_with_the_trial_and_the_run_it_continues(
     summary = json.loads((tmp_path / "saved" / "Mnist_LeNet" / "s" / "summary.json").read_text())
     assert summary["best_trial"] == 1 and summary["best_retry_of"] == 0
     assert summary["best_run_dir"] == str(parser.run_dir.resolve())
+
+
+def test_the_report_of_a_study_lists_its_trials_and_draws_optunas_plots(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """report.py on a study folder: a row per trial with the study's state, the trial's best
+    value and parameters and its run folder; --plot also writes Optuna's optimisation history and
+    parameter importances. The config's folder, holding only the study, points to it."""
+    write_workspace(tmp_path, mnist_dir, edited(sampler={"type": "RandomSampler", "args": {"seed": 0}}))
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_sweep(["-c", "config.json", "-s", "sweep.json", "--trials", "2"], capsys)
+    assert status == 0, err
+    folder = Path("saved", "Mnist_LeNet", "s")
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{folder / 'study.db'}")
+    failed_trial(study, 2e-3, **{FAILURE: "diverged"})  # a trial that failed before its run began
+    assert report.main([str(folder), "--csv", "trials.csv", "--plot", "val_loss", "--out", "study.png"]) == 0
+    out = capsys.readouterr().out
+    with open("trials.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    trials = study.get_trials()
+    assert [(int(row["trial"]), row["state"]) for row in rows] == [(0, "complete"), (1, "complete"), (2, "failed")]
+    for row, trial in zip(rows[:2], trials, strict=False):
+        assert float(row["best"]) == pytest.approx(trial.value)
+        assert float(row["optimizer.args.lr"]) == trial.params["optimizer.args.lr"]
+        assert int(row["data_loader.args.batch_size"]) == trial.params["data_loader.args.batch_size"]
+        assert row["run"] == Path(trial.user_attrs[RUN_DIR]).name == f"trial-{trial.number:04d}"
+    assert rows[2]["run"] == rows[2]["best"] == rows[2]["data_loader.args.batch_size"] == ""
+    assert f"Study s: 2 complete, 1 failed; best: trial {study.best_trial.number}." in out
+    for name in ("study.png", "study-history.png", "study-importances.png"):
+        assert image.imread(name).ndim == 3 and f"wrote {name}" in out
+
+    assert report.main([]) == 2  # config.json's runs: none but the study's
+    err = capsys.readouterr().err
+    assert f"it holds the studies s: report one with python report.py {folder}" in err, err
+
+
+def test_the_report_shows_a_retry_with_its_own_values_and_the_run_folder_it_shares(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Trial 0 stopped after epoch 2; trial 1 retried it in the same run folder to epoch 3: each
+    row has the values its trial reported, and both name trial-0000."""
+    study = study_with_a_trial(tmp_path, optuna.trial.TrialState.COMPLETE)  # trial 0, no run: a row of dashes
+    folder = tmp_path / "saved" / "Mnist_LeNet" / "s"
+    run_dir = write_run(folder / "trial-0000", base_config(mnist_dir), epochs=3)
+    for number, losses, state in ((1, [0.9, 0.8], "FAIL"), (2, [0.9, 0.8, 0.7], "COMPLETE")):
+        trial = study.ask(RECORDED)
+        trial.set_user_attr(RUN_DIR, str(run_dir))
+        if number == 2:
+            trial.set_user_attr(RETRY_OF, 1)
+        for epoch, loss in enumerate(losses, start=1):
+            trial.report(loss, epoch)
+        study.tell(trial, losses[-1] if state == "COMPLETE" else None, state=optuna.trial.TrialState[state])
+    assert report.main([str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "| trial | state | best val_loss (min) | best epoch | epochs | final lr | wall time | run |" in out
+    assert "| 1 | failed | 0.8 | 2 | 2 | 0.001 | - | trial-0000 |" in out, out
+    assert "| 2 (retry of 1) | complete | 0.7 | 3 | 3 | 0.001 | - | trial-0000 |" in out, out
+    assert "| 0 | complete | 0.5 | - | - | - | - | - |" in out, out
