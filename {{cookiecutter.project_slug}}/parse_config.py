@@ -19,6 +19,7 @@ from utils.checkpoint import forget_read_checkpoint, load_checkpoint
 from utils.errors import DiskFull, InputError
 from utils.run_files import check_writable, save_run_files
 from utils.run_lock import RunLock
+from utils.staged_files import full_disk_reported
 
 
 class DuplicateKeyError(Exception):
@@ -125,7 +126,8 @@ class ConfigParser:
         while True:
             run_dir = base / (f"{run_id}-{suffix}" if suffix else run_id)
             try:
-                run_dir.mkdir(parents=True)
+                with full_disk_reported(run_dir):
+                    run_dir.mkdir(parents=True)
             except FileExistsError:
                 if self.restart:
                     return self._restart_in(run_dir)

@@ -42,7 +42,8 @@ def make_branch_folder(source: Path, epoch: int) -> Path:
     while True:
         candidate = source.parent / (f"{source.name}-from-epoch{epoch}" + (f"-{suffix}" if suffix > 1 else ""))
         try:
-            candidate.mkdir()
+            with full_disk_reported(candidate):
+                candidate.mkdir()
         except FileExistsError:
             suffix += 1
             continue
