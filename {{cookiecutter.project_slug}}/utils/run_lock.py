@@ -13,7 +13,6 @@ locks are not supported at all, training goes on with a warning, unguarded.
 """
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -23,6 +22,11 @@ from pathlib import Path
 
 from utils.errors import InputError
 from utils.staged_files import full_disk_reported
+
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks
+    fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".lock"
 # lockf's errors when the file system has no locks (NFS without lockd, Lustre mounted noflock, FUSE)
@@ -51,6 +55,10 @@ class RunLock:
     def take(cls, folder: Path) -> "RunLock":
         """Lock `folder`, or raise RunFolderInUse naming the process that holds it. Reads the
         lock file and may create it; writes nothing else."""
+        if fcntl is None:
+            logger.warning("run directory %s: this system has no POSIX file locks, so nothing stops a second "
+                           "process from training in it at the same time", folder)
+            return cls(folder, None, False)
         for _ in range(ATTEMPTS):
             opened = _open(folder)
             if opened is None:
