@@ -250,12 +250,15 @@ def test_the_slurm_recipe_passes_the_signal_on_ends_143_and_resumes_when_requeue
     tmp_path: Path,
     ddp_reference: Path,
 ) -> None:
+    """The recipe runs one command on every start of the job; it finds the run where the
+    script's own `-o` options put it (not where the config file alone would), and once the run
+    has finished, a third start of the job ends at once, with status 0."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     srun = bin_dir / "srun"  # a stand-in: runs the step's command on this machine
     srun.write_text('#!/bin/sh\nexec "$@"\n')
     srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
-    config = write_config(project, mnist_sample_dir, tmp_path, tmp_path / "config.json")
+    config = write_config(project, mnist_sample_dir, tmp_path / "not-here", tmp_path / "config.json")
     env = {
         "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "SLURM_JOB_ID": "4242",
@@ -263,20 +266,30 @@ def test_the_slurm_recipe_passes_the_signal_on_ends_143_and_resumes_when_requeue
         "NPROC": "2",
         "CONFIG": str(config),
     }
-    job = Job(project, ["bash", "slurm/train.sbatch"], env=env)
+    sbatch = ["bash", "slurm/train.sbatch", "-o", f"trainer.save_dir={tmp_path / 'runs'}", "-o", "name=Requeued"]
+    job = Job(project, sbatch, env=env)
     job.wait_for("epoch 2/2 train")
-    time.sleep(0.5)
+    time.sleep(0.1)  # into the epoch (about 0.6 s long on 2 CPU processes), well before its end
     os.kill(job.process.pid, signal.SIGTERM)  # --signal=B:TERM: the batch shell alone gets it
-    run_dir = tmp_path / NAME / "job4242"
+    run_dir = tmp_path / "runs" / "Requeued" / "job4242"
     status = job.finish()
     assert status == 143, job.text()[-3000:]
     saved = load(run_dir / "latest.pth")
     assert saved["epoch"] == 1 and saved["batches_done"] > 0
 
-    requeued = Job(project, ["bash", "slurm/train.sbatch"], env=env)  # the same job, run again
+    requeued = Job(project, sbatch, env=env)  # the same job, run again
     assert requeued.finish() == 0, requeued.text()[-3000:]
     assert "Resuming from" in requeued.text()
     assert_bitwise(ddp_reference, run_dir)
+
+    finished = {path: path.stat().st_mtime_ns for path in run_dir.iterdir()}
+    again = Job(project, sbatch, env=env)  # requeued once more after the run finished
+    assert again.finish() == 0, again.text()[-3000:]
+    assert f"run directory '{run_dir}' has finished: it reached epoch 2 of trainer.epochs 2; nothing to do" in (
+        again.text()
+    )
+    assert {path: path.stat().st_mtime_ns for path in run_dir.iterdir()} == finished
+    assert not (tmp_path / "not-here").exists()
 
 
 def test_own_images_stop_cleanly_on_a_group_sigterm_and_resume_exactly(

@@ -13,6 +13,7 @@ from config_schema import validate
 from parse_config import ConfigParser, DuplicateKeyError, read_json, unique_keys
 from utils.checkpoint import load_checkpoint
 from utils.errors import InputError
+from utils.resume import has_ended
 
 LATEST = "latest"  # `-r latest`: the newest run of the config
 
@@ -113,6 +114,8 @@ def config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | None 
                          "CHECKPOINT (a resume needs every tensor)")
     overrides = list(args.override) + [f"{key}={getattr(args, attribute)}" for attribute, key in
                                        (shortcuts or {}).items() if getattr(args, attribute, None) is not None]
+    if getattr(args, "resume_or_start", False):
+        return resume_or_start(args, overrides)
     config = with_overrides(read_config(Path(args.config)), overrides) if args.config else None
     resume_path = Path(args.resume) if args.resume else None
     if args.resume == LATEST:
@@ -127,6 +130,31 @@ def config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | None 
         raise InputError("no config: give a config file with -c or a checkpoint with -r")
     return ConfigParser(config, resume_path=resume_path, fine_tune=fine_tune, run_id=getattr(args, "run_id", None),
                         partial=partial)
+
+
+def resume_or_start(args: argparse.Namespace, overrides: list[str]) -> ConfigParser:
+    """`--resume-or-start --run-id ID`: the run `<save_dir>/<name>/<ID>` of the config (`-c`,
+    default config.json, with the overrides), resumed from its latest.pth when it has one,
+    started (again, in a folder without a checkpoint) when it has none; a run that has ended
+    gets its reason in `finished`. The same command therefore serves a job's first start and
+    every requeue."""
+    for given, option in ((args.resume, "-r"), (args.fine_tune, "--fine-tune")):
+        if given:
+            raise InputError(f"--resume-or-start finds the run's checkpoint itself; leave out {option}")
+    if not args.run_id:
+        raise InputError("--resume-or-start needs --run-id: the run folder to start or resume (e.g. the job's id)")
+    config_path = Path(args.config or "config.json")
+    config = with_overrides(read_config(config_path), overrides)
+    resolved = validate(copy.deepcopy(config))
+    run_dir = Path(resolved["trainer"]["save_dir"]).resolve() / resolved["name"] / args.run_id
+    latest = run_dir / "latest.pth"
+    if not latest.is_file():
+        return ConfigParser(config, run_id=args.run_id, restart=True)
+    parser = ConfigParser(config, resume_path=latest)
+    reason = has_ended(load_checkpoint(latest), parser.config)
+    if reason is not None:
+        parser.finished = f"run directory '{run_dir}' has finished: {reason}; nothing to do"
+    return parser
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -20,8 +20,8 @@ import torch
 from cli import CommandLineParser
 from config_schema import validate
 from utils.checkpoint import _strip_wrappers as strip_wrappers  # the rule load_weights applies
-from utils.checkpoint import _write_atomic as write_atomic  # the trainer's own atomic writer
 from utils.errors import InputError
+from utils.staged_files import write_atomic  # the trainer's own atomic writer
 
 WRAPPER_NAMES = {"DataParallel", "DistributedDataParallel"}  # what victoresque records as `arch` with n_gpu > 1
 

@@ -6,6 +6,7 @@ import importlib
 import inspect
 import json
 import pkgutil
+import shutil
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -13,10 +14,12 @@ from types import ModuleType
 from typing import Any
 
 from config_schema import validate
-from utils.branch import branch_folder, is_older_than_its_run, start_branch
+from utils.branch import is_older_than_its_run, make_branch_folder, start_branch
 from utils.checkpoint import forget_read_checkpoint, load_checkpoint
-from utils.errors import InputError
-from utils.run_files import save_run_files
+from utils.errors import DiskFull, InputError
+from utils.run_files import check_writable, save_run_files
+from utils.run_lock import RunLock
+from utils.staged_files import full_disk_reported
 
 
 class DuplicateKeyError(Exception):
@@ -59,18 +62,24 @@ class ConfigParser:
     is made by `make_run_dir`, which only training calls."""
 
     def __init__(self, config: dict[str, Any], resume_path: Path | None = None, fine_tune: bool = False,
-                 run_id: str | None = None, partial: bool = False) -> None:
+                 run_id: str | None = None, partial: bool = False, restart: bool = False) -> None:
         """`resume_path`: the checkpoint to resume from, or with `fine_tune` to start a new run
         from the weights of (the trainer reads it); with `partial` too, from those of its tensors
         whose names and shapes fit the model (e.g. all but a head for other classes); `run_id`:
-        the new run folder's name."""
+        the new run folder's name; `restart`: a folder of that name that holds no checkpoint (its
+        first start was killed before one was written) is started again, not refused
+        (`--resume-or-start`)."""
         self.config = validate(config)
         self.resume_path = resume_path
         self.fine_tune = fine_tune
         self.partial = partial
         self.run_id = run_id
+        self.restart = restart
+        self.finished: str | None = None  # `--resume-or-start` of a run that has ended: why there is nothing to do
         self.run_dir: Path | None = None
         self.branched_from: Path | None = None  # the run folder a resume from an older checkpoint branched off
+        self.made_run_dir = False  # this process created the run folder
+        self.run_lock: RunLock | None = None  # held from make_run_dir until release_run_dir
 
     def __getitem__(self, name: str) -> Any:
         return self.config[name]
@@ -81,34 +90,107 @@ class ConfigParser:
         return self.resume_path is not None and not self.fine_tune
 
     def make_run_dir(self) -> Path:
-        """Create (or, when resuming, reuse) the run directory and save the resolved config and
-        this invocation's record (`run_info.json`) in it."""
-        if self.resuming:
-            assert self.resume_path is not None
-            checkpoint = load_checkpoint(self.resume_path)  # already read by the trainer: not read again
-            run_dir = self.resume_path.resolve().parent
-            if is_older_than_its_run(self.resume_path, checkpoint):
-                run_dir = branch_folder(run_dir, checkpoint["epoch"])
-                self.branched_from = self.resume_path.resolve().parent
-                start_branch(self.resume_path, checkpoint, run_dir)
-        else:
-            base = Path(self.config["trainer"]["save_dir"]) / self.config["name"]
-            run_id = self.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = base / run_id
-            if self.run_id and run_dir.exists():
-                raise InputError(f"run directory '{run_dir}' already exists; choose another --run-id")
-            suffix = 1
-            while run_dir.exists():  # two runs started in the same second
-                run_dir = base / f"{run_id}-{suffix}"
-                suffix += 1
+        """Claim the run directory (create it, or when resuming reuse it or branch from it),
+        take its lock (utils/run_lock.py: one process at a time writes a run folder), and save
+        the resolved config and this invocation's record (`run_info.json`) in it. Nothing in
+        the folder is written before the lock is held, and a failure leaves the folders as they
+        were. The path is absolute, so that every message names the folder the same way."""
         try:
-            run_dir.mkdir(parents=True, exist_ok=self.resuming)
-        except OSError as exc:
-            raise InputError(f"run directory '{run_dir}': cannot create it ({exc.strerror or exc})") from None
-        save_run_files(run_dir, self.config, made=not self.resuming)
+            run_dir = self._claim_resumed_run_dir() if self.resuming else self._claim_new_run_dir()
+            save_run_files(run_dir, self.config, resuming=self.resuming)
+        except BaseException as exc:
+            self._give_up_run_dir()
+            if isinstance(exc, DiskFull):
+                raise exc.resumable_from(str(self.resume_path.resolve()) if self.resuming else None) from None
+            raise
+        assert self.run_lock is not None
+        self.run_lock.record()
         forget_read_checkpoint()  # the trainer restored from it before; nothing reads it after this
         self.run_dir = run_dir
         return run_dir
+
+    def release_run_dir(self) -> None:
+        """Give the run folder's lock back (training is over); the OS does it anyway when the
+        process ends."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+            self.run_lock = None
+
+    def _claim_new_run_dir(self) -> Path:
+        """Create `<save_dir>/<name>/<run_id>` and lock it. Creating the folder is what claims a
+        name: of two runs started in the same second, the second takes `<run_id>-1`; a name the
+        user chose (--run-id) that exists is refused, unless it is to be started again."""
+        base = Path(self.config["trainer"]["save_dir"]).resolve() / self.config["name"]
+        run_id = self.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
+        suffix = 0
+        while True:
+            run_dir = base / (f"{run_id}-{suffix}" if suffix else run_id)
+            try:
+                with full_disk_reported(run_dir):
+                    run_dir.mkdir(parents=True)
+            except FileExistsError:
+                if self.restart:
+                    return self._restart_in(run_dir)
+                if self.run_id:
+                    raise InputError(f"run directory '{run_dir}' already exists; choose another --run-id") from None
+                suffix += 1
+                continue
+            except OSError as exc:
+                raise InputError(f"run directory '{run_dir}': cannot create it ({exc.strerror or exc})") from None
+            self._hold(RunLock.take(run_dir), made=True)
+            return run_dir
+
+    def _restart_in(self, run_dir: Path) -> Path:
+        """Lock the existing `run_dir` to start its run again in it, if it holds no checkpoint."""
+        check_writable(run_dir, resuming=False)
+        self._hold(RunLock.take(run_dir), made=False)
+        checkpoints = sorted(path.name for path in run_dir.glob("*.pth"))
+        if "latest.pth" in checkpoints:  # written by a process that held the folder a moment ago
+            raise InputError(f"run directory '{run_dir}' holds latest.pth now; run the same command again to resume it")
+        if checkpoints:
+            raise InputError(f"run directory '{run_dir}' holds {', '.join(checkpoints)} but no latest.pth; resume "
+                             "from one of them with -r, or move the folder away to start the run again")
+        return run_dir
+
+    def _claim_resumed_run_dir(self) -> Path:
+        """The folder of the checkpoint, locked, when the checkpoint is its newest state; else a
+        new branch beside it (utils/branch.py), locked, filled, and the run's folder untouched.
+        Which one is decided with the run's lock held, when this process can have it."""
+        assert self.resume_path is not None
+        checkpoint = load_checkpoint(self.resume_path)  # already read by the trainer: not read again
+        source = self.resume_path.resolve().parent
+        lock: RunLock | None = None
+        refused: InputError | None = None
+        try:
+            check_writable(source, resuming=True)
+            lock = RunLock.take(source)
+        except InputError as exc:  # in use, or read-only: fine for a branch, which leaves the run alone
+            refused = exc
+        self._hold(lock, made=False)
+        if not is_older_than_its_run(self.resume_path, checkpoint):
+            if refused is not None:
+                raise refused
+            return source
+        self._give_up_run_dir()  # the run's folder stays exactly as it was
+        branch = make_branch_folder(source, checkpoint["epoch"])
+        self._hold(RunLock.take(branch), made=True)
+        self.branched_from = source
+        start_branch(self.resume_path, checkpoint, branch)
+        return branch
+
+    def _hold(self, lock: RunLock | None, made: bool) -> None:
+        self.run_lock, self.made_run_dir = lock, made
+
+    def _give_up_run_dir(self) -> None:
+        """Undo a claim that failed: remove the folder this process created, or the lock file
+        it created in an existing one, and give the lock back."""
+        lock, self.run_lock = self.run_lock, None
+        if lock is None:
+            return
+        if self.made_run_dir:
+            shutil.rmtree(lock.folder, ignore_errors=True)
+        lock.release(undo=True)
+        self.made_run_dir = False
 
     def init_obj(self, name: str, module: ModuleType, base: type | tuple[type, ...], *args: Any, **kwargs: Any) -> Any:
         """Build the object that config block `name` describes, looking its class up in

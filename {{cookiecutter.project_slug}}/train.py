@@ -22,7 +22,7 @@ from logger import setup_logging
 from parse_config import ConfigParser, lookup
 from trainer import Trainer
 from utils import InputError, TrainingInterrupted, distributed, seed_everything, setup_device
-from utils.errors import TrainingDiverged
+from utils.errors import DiskFull, TrainingDiverged
 from utils.fit_check import accepts, check_model_fits_data
 from utils.lr_schedule import resolve_plateau_mode
 from utils.signals import stop_request
@@ -83,13 +83,26 @@ def build_optimizer(config: ConfigParser, model: torch.nn.Module) -> tuple[torch
 
 
 def train(config: ConfigParser) -> dict[str, float]:
-    """Train as the config says; returns the last epoch's metrics."""
+    """Train as the config says; returns the last epoch's metrics (none for a run that
+    `--resume-or-start` found finished)."""
+    if finished(config):
+        return {}
     return build_trainer(config).train()
+
+
+def finished(config: ConfigParser) -> bool:
+    """Whether `--resume-or-start` found the run ended, saying so: a job script that runs it
+    again ends at once, with status 0."""
+    if config.finished is not None and distributed.is_main():
+        print(config.finished)
+    return config.finished is not None
 
 
 def dry_run(config: ConfigParser) -> dict[str, float]:
     """Build everything, run one training and one validation batch and print the resolved
     config and the parameter count. Creates no run directory, log, checkpoint or dataset."""
+    if finished(config):
+        return {}
     trainer = build_trainer(config, dry_run=True)
     losses = trainer.dry_run()
     print(json.dumps(config.config, indent=4))
@@ -105,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, help="learning rate (sets optimizer.args.lr)")
     parser.add_argument("--bs", type=int, help="batch size (sets data_loader.args.batch_size)")
     parser.add_argument("--run-id", type=folder_name, help="name of the run directory (default: the start time)")
+    parser.add_argument(
+        "--resume-or-start", action="store_true",
+        help="with --run-id: resume that run of the config from its latest.pth, start it if it has none, or exit 0 "
+        "if it has finished: the one command a job script runs on every start and requeue",
+    )
     parser.add_argument(
         "--fine-tune", action="store_true",
         help="with -r: start a new run from the checkpoint's weights alone (its config, or -c's)",
@@ -130,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.is_main():  # under torchrun every rank fails alike: one says so
             print(f"error: {exc}", file=sys.stderr)
         return 2
-    except TrainingDiverged as exc:
+    except (TrainingDiverged, DiskFull) as exc:
         if distributed.is_main():
             print(f"error: {exc}", file=sys.stderr)
-        return TrainingDiverged.EXIT_STATUS
+        return exc.EXIT_STATUS
     except TrainingInterrupted as exc:
         if distributed.is_main():
             report_stop(exc)

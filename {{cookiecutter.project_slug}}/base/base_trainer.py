@@ -121,31 +121,38 @@ class BaseTrainer(CheckpointedRun):
         with stop_request.listening():
             if stop_request.signal_number is not None:  # arrived while the run was being built
                 raise TrainingInterrupted(stop_request.signal_number, None)
-            run_dir = self._make_run_dir()
-            options = self.config["trainer"]
-            writer = EpochWriter(run_dir, enabled=self.is_main, tensorboard=options["tensorboard"],
-                                 start_epoch=self.start_epoch, verbosity=options["verbosity"])
-            if self.is_main:
-                self._saver = CheckpointSaver(run_dir, options["save_period"], options["keep_last"])
-            self._log_start(run_dir)
-            failed = False
+            run_dir = self._make_run_dir()  # rank 0 holds its lock from here until the run ends
             try:
-                return self._epochs(run_dir, writer)
-            except Exception as exc:
-                failed = self._report_failure(exc, run_dir)
-                raise
+                return self._train_in(run_dir)
             finally:
-                writer.close()
-                if failed:
-                    shutil.rmtree(run_dir, ignore_errors=True)
+                self.config.release_run_dir()
+
+    def _train_in(self, run_dir: Path) -> dict[str, float]:
+        options = self.config["trainer"]
+        writer = EpochWriter(run_dir, enabled=self.is_main, tensorboard=options["tensorboard"],
+                             start_epoch=self.start_epoch, verbosity=options["verbosity"])
+        if self.is_main:
+            self._saver = CheckpointSaver(run_dir, options["save_period"], options["keep_last"])
+        self._log_start(run_dir)
+        failed = False
+        try:
+            return self._epochs(run_dir, writer)
+        except Exception as exc:
+            failed = self._report_failure(exc, run_dir)
+            raise
+        finally:
+            writer.close()
+            if failed:
+                shutil.rmtree(run_dir, ignore_errors=True)
 
     def _epochs(self, run_dir: Path, writer: EpochWriter) -> dict[str, float]:
         log: dict[str, float] = {}
         for epoch in range(self.start_epoch, self.epochs + 1):
             log = self._run_epoch(epoch, run_dir)
-            writer.write(epoch, log)
+            row_files = writer.write(epoch, log)
             is_best = self.monitor.update(log)
-            self._save(epoch, is_best=is_best)
+            self._save(epoch, is_best=is_best, row_files=row_files)  # metrics.csv and checkpoints: all or none
+            writer.saved(epoch, log)
             self.on_epoch_end(epoch, log)
             if self.monitor.should_stop_early():
                 logger.info("%s did not improve for %d epochs: stopping early.", self.monitor.metric,

@@ -22,7 +22,7 @@ from utils.checkpoint import (
     training_state,
 )
 from utils.device import on_device
-from utils.errors import InputError, TrainingDiverged, TrainingInterrupted, first_line
+from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted, first_line
 from utils.lr_schedule import check_step_budget
 from utils.resume import apply_changes, capture_hyperparameters, check_changes, config_changes
 from utils.signals import stop_request
@@ -94,9 +94,12 @@ class CheckpointedRun:
             return None
         return sorted(indices[row] for row in bad)
 
-    def _save(self, epoch: int, is_best: bool = False, latest_only: bool = False) -> None:
-        """Save the state after `epoch` (or, `latest_only`, the position inside it). Rank 0
-        writes, every rank waits; nothing is written while a loss or weight is not finite."""
+    def _save(self, epoch: int, is_best: bool = False, latest_only: bool = False,
+              row_files: dict[Path, bytes] | None = None) -> None:
+        """Save the state after `epoch` (or, `latest_only`, the position inside it), with the
+        epoch's `row_files` (metrics.csv), all or nothing. Rank 0 writes, every rank waits and
+        learns whether it could: a full disk is a DiskFull on every rank, with the run folder
+        as the last save left it. Nothing is written while a loss or weight is not finite."""
         self.check_finite(epoch, weights=True)
         done = self.progress.batches_done if latest_only else 0
         self.progress.epoch = epoch - 1 if latest_only else epoch
@@ -107,11 +110,18 @@ class CheckpointedRun:
         self.progress.epoch_metrics = self._epoch_metrics_state() if done else None
         state = training_state(self.progress, self.raw_model, self.optimizer, self.lr_scheduler,
                                self.stepper.scaler, self.config.config, self.data_loader)
+        failure = None
         if self._saver is not None:
-            self._saver.save_latest(state) if latest_only else self._saver.save(state, epoch, is_best)
-            self.last_checkpoint = str(self._saver.run_dir / "latest.pth")
+            try:
+                self._saver.save_latest(state) if latest_only else self._saver.save(state, epoch, is_best, row_files)
+                self.last_checkpoint = str(self._saver.run_dir / "latest.pth")
+            except DiskFull as exc:
+                latest = self._saver.run_dir / "latest.pth"
+                failure = exc.resumable_from(str(latest) if latest.is_file() else None).args
+        failure = distributed.broadcast(failure)  # also the barrier: the others wait for rank 0's files
+        if failure is not None:
+            raise DiskFull(*failure)
         self.saving.saved(self.progress.global_step)
-        distributed.barrier()
 
     def _samples_done(self, batches_done: int) -> int | None:
         """The samples of this epoch's order trained after `batches_done` batches of each
@@ -173,8 +183,8 @@ class CheckpointedRun:
         raise TrainingInterrupted(self.stop_signal, str(checkpoint))
 
     def _make_run_dir(self) -> Path:
-        """Rank 0 makes the run directory and tells the other ranks its path, or its error."""
-        outcome = ("", "")
+        """Rank 0 makes (and locks) the run directory and tells the other ranks its path, or its error."""
+        outcome: tuple[str, Any] = ("", "")
         if self.is_main:
             try:
                 if self.config.resuming:  # refuse a metrics.csv the run cannot continue before writing anything
@@ -182,11 +192,15 @@ class CheckpointedRun:
                 outcome = ("made", str(self.config.make_run_dir()))
             except InputError as exc:
                 outcome = ("error", str(exc))
-        kind, text = distributed.broadcast(outcome)
+            except DiskFull as exc:
+                outcome = ("full", exc.args)
+        kind, details = distributed.broadcast(outcome)
         if kind == "error":
-            raise InputError(text)
-        self.config.run_dir = Path(text)
-        return Path(text)
+            raise InputError(details)
+        if kind == "full":
+            raise DiskFull(*details)
+        self.config.run_dir = Path(details)
+        return Path(details)
 
     def _log_start(self, run_dir: Path) -> None:
         if self.config.branched_from is not None:
@@ -223,12 +237,12 @@ class CheckpointedRun:
 
     def _report_failure(self, exc: Exception, run_dir: Path) -> bool:
         """Log an error that ends training; True when the run folder is to be removed: a new run
-        that failed before writing any checkpoint leaves nothing behind. A resumed run's folder,
-        and a run stopped by a signal, are always kept."""
+        that failed before writing any checkpoint leaves nothing behind. A resumed run's folder, a
+        folder this process did not create, and a run stopped by a signal, are always kept."""
         if isinstance(exc, TrainingInterrupted) or not self.is_main:
             return False
-        remove = not self.config.resuming and self.last_checkpoint is None
-        reason = str(exc) if isinstance(exc, TrainingDiverged) else f"{type(exc).__name__}: {exc}"
+        remove = self.config.made_run_dir and not self.config.resuming and self.last_checkpoint is None
+        reason = str(exc) if isinstance(exc, TrainingDiverged | DiskFull) else f"{type(exc).__name__}: {exc}"
         logger.error("Training failed: %s%s", reason,
                      f"; removing the run directory {run_dir}, which holds no checkpoint" if remove else "")
         return remove

@@ -1,5 +1,6 @@
 """The one owner of a run's epoch output: the log line (console and train.log), metrics.csv and
-TensorBoard. Everything a finished epoch writes goes through `EpochWriter.write`."""
+TensorBoard. Everything a finished epoch writes goes through `EpochWriter.write` and
+`EpochWriter.saved`."""
 
 import importlib.util
 import logging
@@ -37,12 +38,18 @@ class EpochWriter:
 
             self.tensorboard = TensorboardWriter(run_dir, enabled=True, start_epoch=start_epoch)
 
-    def write(self, epoch: int, row: dict[str, float]) -> None:
-        """One epoch: `row` holds `epoch`, the metrics and `lr`."""
+    def write(self, epoch: int, row: dict[str, float]) -> dict[Path, bytes]:
+        """One epoch: log `row` (`epoch`, the metrics and `lr`) and return the new content of
+        metrics.csv (path -> bytes; nothing when disabled), which the trainer saves together with
+        the epoch's checkpoint, all or nothing. Call `saved` once that is done."""
         summary = "  ".join(f"{key} {value:.6g}" for key, value in row.items() if key != "epoch")
         logger.info("epoch %d: %s", epoch, summary)
+        return {self.csv.path: self.csv.content_with(row)} if self.csv is not None else {}
+
+    def saved(self, epoch: int, row: dict[str, float]) -> None:
+        """The epoch's checkpoint and metrics.csv are on disk: TensorBoard shows the epoch now."""
         if self.csv is not None:
-            self.csv.write(row)
+            self.csv.added(row)
         if self.tensorboard is not None:
             self.tensorboard.write_epoch(epoch, row)
 

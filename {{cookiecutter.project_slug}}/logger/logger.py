@@ -34,10 +34,50 @@ def setup_logging(verbosity: int = 2) -> None:
     root.setLevel(logging.DEBUG)
 
 
+class RunLogHandler(logging.FileHandler):
+    """Appends records to train.log. A record that cannot be written (a full disk) is counted,
+    not reported with logging's "--- Logging error ---" traceback; the first record written
+    after such a gap is preceded by a line saying how many were lost and why. The console shows
+    every record either way, and a save on that full disk ends the run with one line."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8", delay=True)  # opened at the first record: a failure is counted too
+        self.lost = 0
+        self.reason = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record) + self.terminator
+            if self.lost:
+                gap = logging.makeLogRecord({"name": record.name, "levelno": logging.WARNING, "levelname": "WARNING",
+                                             "msg": f"{self.lost} log records before this one could not be "
+                                                    f"written here ({self.reason})"})
+                text = self.format(gap) + self.terminator + text
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.write(text)
+            self.flush()
+            self.lost = 0
+        except OSError as exc:
+            self.lost += 1
+            self.reason = exc.strerror or str(exc)
+            self._drop_stream()  # what its buffer still holds may be half a line: a new one next time
+        except Exception:
+            self.handleError(record)
+
+    def _drop_stream(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
 def add_file_handler(path: Path, verbosity: int = 2) -> logging.Handler:
     """Also append records to `path` (INFO and up, DEBUG too at verbosity 2); call
     `remove_handler` with the result when done."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = RunLogHandler(path)
     handler.setLevel(min(logging.INFO, LEVELS[verbosity]))
     handler.setFormatter(logging.Formatter(_FILE_FORMAT))
     handler.addFilter(_is_own_or_warning)

@@ -4,51 +4,51 @@ import csv
 import io
 from pathlib import Path
 
-from utils.checkpoint import _write_atomic as write_atomic  # the one atomic writer of run files
 from utils.errors import InputError
+from utils.staged_files import write_atomic  # the one atomic writer of run files
 
 
 class MetricsCSV:
-    """Appends one row per epoch to `path`: `epoch`, then every logged key.
+    """One row per epoch in `path`: `epoch`, then every logged key.
 
     A resumed run keeps the rows of the epochs before `start_epoch` and drops later ones
     (they are about to be trained again), so no epoch appears twice. Every column stays
     honest: a key first logged on resume becomes a new column (earlier rows get an empty
     cell), and a column that a row does not log gets an empty cell, never a made-up value.
 
-    Creating one only reads `path`: a file that cannot be continued is an InputError naming
-    it, and the file is rewritten only by the first `write`.
+    Creating one only reads `path`: a file that cannot be continued (two rows for one epoch
+    among them) is an InputError naming it. The file is always replaced whole: `content_with`
+    gives the new content for the trainer to save with the epoch's checkpoint, `added` then
+    records that it was written; `write` does both at once.
     """
 
     def __init__(self, path: Path, start_epoch: int = 1) -> None:
         self.path = path
         self.columns: list[str] = []
         self.rows: list[dict[str, str]] = []
-        self._synced = False  # False until the file on disk holds exactly `columns` and `rows`
         if path.exists():
             self.columns, rows = _read(path)
             self.rows = [row for row in rows if int(row["epoch"]) < start_epoch]
 
     def write(self, row: dict[str, float | int]) -> None:
-        """Add the row of one epoch; a key the header lacks widens the file by one column."""
-        new_columns = [key for key in row if key not in self.columns]
-        self.columns.extend(new_columns)
-        cells = {key: _format(value) for key, value in row.items()}
-        self.rows.append(cells)
-        if new_columns or not self._synced:
-            self._rewrite()
-            self._synced = True
-            return
-        with self.path.open("a", newline="", encoding="utf-8") as file:
-            csv.DictWriter(file, fieldnames=self.columns, restval="").writerow(cells)
+        """Add the row of one epoch to the file now."""
+        write_atomic(self.content_with(row), self.path)
+        self.added(row)
 
-    def _rewrite(self) -> None:
-        """Replace the whole file at once, so that a crash leaves the old file or the new one."""
+    def content_with(self, row: dict[str, float | int]) -> bytes:
+        """The whole file with `row` added (a key the header lacks widens it by one column);
+        nothing is written or changed."""
+        columns = self.columns + [key for key in row if key not in self.columns]
         text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=self.columns, restval="")
+        writer = csv.DictWriter(text, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerows(self.rows)
-        write_atomic(text.getvalue().encode("utf-8"), self.path)
+        writer.writerows([*self.rows, _cells(row)])
+        return text.getvalue().encode("utf-8")
+
+    def added(self, row: dict[str, float | int]) -> None:
+        """`row` is in the file now (written with `content_with`'s content)."""
+        self.columns.extend(key for key in row if key not in self.columns)
+        self.rows.append(_cells(row))
 
 
 def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -74,12 +74,18 @@ def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
         raise InputError(f"metrics file '{path}': column '{duplicates[0]}' appears twice in its header")
-    rows = []
+    rows: list[dict[str, str]] = []
+    first_line_of: dict[str, int] = {}
     for number, cells in body:
         if len(cells) > len(header):
             raise InputError(f"metrics file '{path}': line {number} has {len(cells)} cells, the header {len(header)}")
         row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
         row["epoch"] = str(_epoch(path, number, row["epoch"]))
+        if row["epoch"] in first_line_of:  # what two processes training one run at once leave
+            raise InputError(f"metrics file '{path}': epoch {row['epoch']} has two rows (lines "
+                             f"{first_line_of[row['epoch']]} and {number}), written by two processes training this "
+                             "run at once; keep one row per epoch and resume again")
+        first_line_of[row["epoch"]] = number
         rows.append(row)
     return header, rows
 
@@ -95,5 +101,5 @@ def _epoch(path: Path, number: int, text: str) -> int:
     return int(value)
 
 
-def _format(value: float | int) -> str:
-    return str(value) if isinstance(value, int) else repr(float(value))
+def _cells(row: dict[str, float | int]) -> dict[str, str]:
+    return {key: str(value) if isinstance(value, int) else repr(float(value)) for key, value in row.items()}

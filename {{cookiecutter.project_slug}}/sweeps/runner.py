@@ -34,7 +34,7 @@ from sweeps.study import (
 )
 from sweeps.trial import new_trial_config, resumed_trial_config, run_trial
 from utils import distributed
-from utils.errors import InputError, TrainingDiverged, TrainingInterrupted
+from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted
 from utils.signals import stop_request
 
 logger = logging.getLogger("sweep")
@@ -64,6 +64,8 @@ def ending(exc: BaseException) -> tuple[int, str] | None:
     """The exit status and the one line that `exc` ends sweep.py with; None: a bug (traceback)."""
     if isinstance(exc, InputError | StudyError):
         return 2 if isinstance(exc, InputError) else 1, f"error: {exc}"
+    if isinstance(exc, DiskFull):
+        return DiskFull.EXIT_STATUS, f"error: {exc}"
     if isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None:
         return 128 + exc.signal_number, (f"interrupted by signal {exc.signal_number}; the trial resumes from "
                                          f"{exc.checkpoint} when the same sweep.py command runs again")

@@ -26,8 +26,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from sweeps.spec import SweepSpec
-from utils.checkpoint import _write_atomic as write_atomic  # the one atomic writer of run files
 from utils.errors import InputError, first_line
+from utils.staged_files import write_atomic  # the one atomic writer of run files
 
 logger = logging.getLogger("sweep")
 

@@ -171,9 +171,9 @@ CATALOGUE = [
     Case("run-id-escapes", "cli", ("-c", "config.json", "--run-id", "../elsewhere"),
          "argument --run-id: '../elsewhere' is not a folder name"),
     Case("run-id-taken", "cli", ("-c", "config.json", "--run-id", "taken"),
-         "run directory 'saved/Mnist_LeNet/taken' already exists"),
+         "saved/Mnist_LeNet/taken' already exists; choose another --run-id"),
     Case("save-dir-a-file", "cli", ("-c", "config.json", "-o", "trainer.save_dir=a_file"),
-         "run directory 'a_file/Mnist_LeNet/"),
+         "a_file/Mnist_LeNet/"),
     Case("test-without-checkpoint", "cli", ("-c", "config.json"),
          "no checkpoint: give the checkpoint to evaluate with -r", script="test"),
     # Checkpoints

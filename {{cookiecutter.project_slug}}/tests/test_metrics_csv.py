@@ -78,6 +78,9 @@ def test_a_removed_metric_leaves_empty_cells_and_a_real_nan_stays_nan(tmp_path: 
     ("epoch,loss\n1.5,0.5\n", "line 2 has epoch '1.5', not a whole number"),
     ("epoch,loss\n1,0.5,0.7\n", "line 2 has 3 cells, the header 2"),
     ("epoch,loss,loss\n1,0.5,0.5\n", "column 'loss' appears twice in its header"),
+    # what two processes training one run at once left (each appended its own epoch 1 and 2)
+    ("epoch,loss\n1,0.5\n1,0.6\n2,0.4\n", "epoch 1 has two rows (lines 2 and 3), written by two processes "
+     "training this run at once; keep one row per epoch and resume again"),
 ])
 def test_a_file_that_cannot_be_continued_is_one_line_naming_it(tmp_path: Path, content: str, problem: str) -> None:
     path = tmp_path / "metrics.csv"

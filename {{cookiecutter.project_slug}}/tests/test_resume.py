@@ -185,3 +185,86 @@ def test_stray_temp_files_of_a_killed_writer_are_removed(make_config: ConfigFact
     stray.write_bytes(b"half a checkpoint")
     assert train.main(["-r", str(run_dir(tmp_path, "t") / "latest.pth"), "-o", "trainer.epochs=2"]) == 0
     assert not stray.exists()
+
+
+def files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.rglob("*") if path.is_file()}
+
+
+def test_resume_or_start_starts_resumes_and_then_ends_at_once_wherever_the_overrides_put_the_run(
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The one command of a job script, run on its first start and on every requeue."""
+    (tmp_path / "config.json").write_text(json.dumps(make_config(trainer__save_dir=str(tmp_path / "not-here"))))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    job = ["-c", "config.json", "--run-id", "job7", "--resume-or-start", "-o", "trainer.save_dir=~/runs",
+           "-o", "name=Requeued"]
+    folder = tmp_path / "home" / "runs" / "Requeued" / "job7"
+    with monkeypatch.context() as patch:
+        signal_after(patch, "train_step", 17)  # preempted in epoch 2
+        assert train.main(job) == 143
+    assert train.main(job) == 0  # requeued: resumed exactly where it stopped
+    assert "Resuming from" in (folder / "train.log").read_text()
+    assert [row["epoch"] for row in metrics_rows(folder)] == ["1", "2"]
+    before = files(tmp_path)
+    capsys.readouterr()
+    assert train.main(job) == 0  # requeued once more: finished, nothing to do
+    assert capsys.readouterr().out == (f"run directory '{folder}' has finished: it reached epoch 2 of trainer.epochs "
+                                       "2; nothing to do\n")
+    assert files(tmp_path) == before
+    assert not (tmp_path / "not-here").exists()
+
+
+def test_resume_or_start_ends_at_once_after_an_early_stop(
+    make_config: ConfigFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'max loss' improves only in epoch 1 (the loss falls): early_stop 1 ends the run after epoch 2
+    config = make_config(trainer__epochs=5, trainer__monitor="max loss", trainer__early_stop=1)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    job = ["-c", str(tmp_path / "config.json"), "--run-id", "early", "--resume-or-start"]
+    assert train.main(job) == 0
+    folder = run_dir(tmp_path, "early")
+    before = files(folder)
+    capsys.readouterr()
+    assert train.main(job) == 0
+    assert "has finished: it stopped early after epoch 2: trainer.early_stop is 1 and 'loss' last improved in " \
+           "epoch 1; nothing to do" in capsys.readouterr().out
+    assert files(folder) == before
+
+
+def test_resume_or_start_starts_again_in_a_folder_without_a_checkpoint(
+    make_config: ConfigFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = make_config(trainer__epochs=1)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    killed = ConfigParser(config, run_id="job8")  # a first start killed before its first epoch ended
+    killed.make_run_dir()
+    killed.release_run_dir()
+    job = ["-c", str(tmp_path / "config.json"), "--run-id", "job8", "--resume-or-start"]
+    assert train.main(job) == 0
+    folder = run_dir(tmp_path, "job8")
+    assert len(json.loads((folder / "run_info.json").read_text())) == 2  # both starts are on record
+    assert [row["epoch"] for row in metrics_rows(folder)] == ["1"]
+
+    (folder / "latest.pth").unlink()  # checkpoints, but no latest.pth to resume: not started over them
+    capsys.readouterr()
+    assert train.main(job) == 2
+    assert capsys.readouterr().err == (f"error: run directory '{folder}' holds checkpoint-epoch1.pth, model_best.pth "
+                                       "but no latest.pth; resume from one of them with -r, or move the folder away "
+                                       "to start the run again\n")
+
+
+def test_the_resume_hint_names_the_same_absolute_checkpoint_after_every_stop(
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(make_config(trainer__epochs=2, trainer__save_dir="saved")))
+    monkeypatch.chdir(tmp_path)  # a save_dir relative to the working folder
+    hints = []
+    for command in (["-c", "config.json", "--run-id", "hint"], ["-r", "saved/Mnist_LeNet/hint/latest.pth"]):
+        with monkeypatch.context() as patch:
+            signal_after(patch, "train_step", 3)
+            assert train.main(command) == 143
+        hints.append(capsys.readouterr().err)
+    latest = tmp_path.resolve() / "saved" / "Mnist_LeNet" / "hint" / "latest.pth"
+    assert hints == [f"interrupted by signal 15; resume with: python train.py -r {latest}\n"] * 2

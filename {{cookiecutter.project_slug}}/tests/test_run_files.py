@@ -144,10 +144,12 @@ def test_a_failed_write_of_the_run_files_is_one_line_and_changes_nothing(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    assert train.main(["-r", str(run_dir / "latest.pth"), "-o", "trainer.epochs=2"]) == 2
+    assert train.main(["-r", str(run_dir / "latest.pth"), "-o", "trainer.epochs=2"]) == 4  # a full disk's status
     err = capsys.readouterr().err
-    assert err == f"error: run directory '{run_dir}': cannot write config.json (No space left on device)\n"
+    assert err.startswith("error: no space left on ") and err.count("\n") == 1
+    assert err.endswith(f" writing {run_dir / 'config.json'}; the run can be resumed from {run_dir / 'latest.pth'} "
+                        "once there is space\n")
     assert snapshot(tmp_path) == before
-    assert train.main(["-c", "config.json", "--run-id", "second"]) == 2  # a new run: its folder is removed again
-    assert "cannot write config.json (No space left on device)" in capsys.readouterr().err
+    assert train.main(["-c", "config.json", "--run-id", "second"]) == 4  # a new run: its folder is removed again
+    assert "config.json; no checkpoint of this run was written\n" in capsys.readouterr().err
     assert not (run_dir.parent / "second").exists()

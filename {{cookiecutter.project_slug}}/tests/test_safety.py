@@ -5,6 +5,7 @@ position inside an epoch, and resuming from it is exact; schedulers step per opt
 
 import json
 import math
+import os
 import signal
 import warnings
 from collections.abc import Callable
@@ -15,7 +16,6 @@ import pytest
 import torch
 
 import train
-import utils.checkpoint
 from parse_config import ConfigParser
 from trainer import Trainer
 from utils.errors import TrainingDiverged, TrainingInterrupted
@@ -155,17 +155,17 @@ def test_a_kill_between_checkpoint_writes_leaves_files_that_agree(
 ) -> None:
     # the loss falls, so 'min loss' improves every epoch: epoch 2 writes three files
     config = make_config(trainer__monitor="min loss")
-    original = utils.checkpoint._write_atomic
-    writes = 0
+    original = os.replace
+    renames = 0
 
-    def write_then_die(data: bytes, path: Path) -> None:
-        nonlocal writes
-        original(data, path)
-        writes += path.suffix == ".pth"
-        if writes == 4:  # epoch 1 wrote three checkpoints; the first of epoch 2 is written, then the process dies
+    def rename_then_die(source: str, destination: Path) -> None:
+        nonlocal renames
+        original(source, destination)
+        renames += Path(destination).suffix == ".pth"
+        if renames == 4:  # epoch 1 put three checkpoints in place; the first of epoch 2 is in place, then a kill
             raise SystemExit(137)
 
-    monkeypatch.setattr(utils.checkpoint, "_write_atomic", write_then_die)
+    monkeypatch.setattr(os, "replace", rename_then_die)
     with pytest.raises(SystemExit):
         train.train(fresh(config, "killed"))
     folder = run_dir(tmp_path, "killed")

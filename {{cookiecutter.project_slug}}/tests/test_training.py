@@ -56,7 +56,7 @@ def test_train_fills_the_run_directory(make_config: ConfigFactory, tmp_path: Pat
     run_dir = tmp_path / "saved" / "Mnist_LeNet" / "run"
     names = {path.name for path in run_dir.iterdir() if not path.name.startswith("events.out.tfevents")}
     assert names == {"config.json", "run_info.json", "train.log", "metrics.csv", "checkpoint-epoch2.pth",
-                     "checkpoint-epoch4.pth", "model_best.pth", "latest.pth"}
+                     "checkpoint-epoch4.pth", "model_best.pth", "latest.pth", ".lock"}
     tensorboard_events = any(path.name.startswith("events.out.tfevents") for path in run_dir.iterdir())
     assert tensorboard_events == TENSORBOARD
     rows = read_metrics(run_dir)

@@ -14,6 +14,7 @@ from typing import Any
 
 from utils.checkpoint import load_checkpoint
 from utils.errors import InputError
+from utils.staged_files import full_disk_reported
 
 
 def position(checkpoint: dict[str, Any]) -> tuple[int, int]:
@@ -34,28 +35,41 @@ def is_older_than_its_run(resume_path: Path, checkpoint: dict[str, Any]) -> bool
     return position(checkpoint) < position(newest)
 
 
-def branch_folder(source: Path, epoch: int) -> Path:
-    """A new folder name beside `source` for a branch from `epoch`."""
-    candidate = source.parent / f"{source.name}-from-epoch{epoch}"
+def make_branch_folder(source: Path, epoch: int) -> Path:
+    """Create and return a new folder beside `source` for a branch from `epoch`. Creating it is
+    what claims the name: of two processes branching at once, each gets a folder of its own."""
     suffix = 1
-    while candidate.exists():
-        suffix += 1
-        candidate = source.parent / f"{source.name}-from-epoch{epoch}-{suffix}"
-    return candidate
+    while True:
+        candidate = source.parent / (f"{source.name}-from-epoch{epoch}" + (f"-{suffix}" if suffix > 1 else ""))
+        try:
+            with full_disk_reported(candidate):
+                candidate.mkdir()
+        except FileExistsError:
+            suffix += 1
+            continue
+        except OSError as exc:
+            raise InputError(f"run directory '{candidate}': cannot create it ({exc.strerror or exc})") from None
+        return candidate
 
 
 def start_branch(resume_path: Path, checkpoint: dict[str, Any], branch: Path) -> None:
-    """Fill the new folder `branch` with what the run had at the checkpoint's position."""
+    """Fill the new folder `branch` (this process holds its lock) with what the run had at the
+    checkpoint's position."""
     source = resume_path.resolve().parent
-    branch.mkdir(parents=True)
-    shutil.copy2(resume_path, branch / "latest.pth")
+    copies = [(resume_path, branch / "latest.pth")]
     if (source / "metrics.csv").is_file():
-        shutil.copy2(source / "metrics.csv", branch / "metrics.csv")  # later rows: dropped by MetricsCSV
+        copies.append((source / "metrics.csv", branch / "metrics.csv"))  # later rows: dropped by MetricsCSV
     best = source / "model_best.pth"
-    if best.is_file():
-        try:
-            best_epoch = load_checkpoint(best)["epoch"]
-        except InputError:
-            return
-        if best_epoch <= checkpoint["epoch"]:
-            shutil.copy2(best, branch / "model_best.pth")
+    best_epoch = _epoch_or_none(best) if best.is_file() else None
+    if best_epoch is not None and best_epoch <= checkpoint["epoch"]:
+        copies.append((best, branch / "model_best.pth"))
+    for origin, copy in copies:
+        with full_disk_reported(copy):
+            shutil.copy2(origin, copy)
+
+
+def _epoch_or_none(path: Path) -> int | None:
+    try:
+        return load_checkpoint(path)["epoch"]
+    except InputError:
+        return None

@@ -1,10 +1,8 @@
 """The one owner of checkpoint files: what goes in them, how they are written and read back."""
 
 import io
-import os
 import re
 import shlex
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from torch import nn
 from utils import distributed
 from utils.errors import InputError, listed
 from utils.seed import rng_state, seed_everything, set_rng_state
+from utils.staged_files import StagedFiles
 
 # Bump when the layout of the dict changes (and teach `upgrade` the step); a checkpoint newer
 # than this is refused. 1: weights and epoch-level state; 2: the position inside an epoch, RNGs;
@@ -36,33 +35,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def _write_atomic(data: bytes, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`: a reader (or a
-    crash) sees the old file or the new one, never half of one."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private; a checkpoint is a normal file
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class CheckpointSaver:
     """Writes `checkpoint-epoch<N>.pth` every `save_period` epochs (keeping only the newest
     `keep_last` of them unless it is 0), `model_best.pth` whenever the monitored metric
@@ -72,35 +44,41 @@ class CheckpointSaver:
         self.run_dir = run_dir
         self.save_period = save_period
         self.keep_last = keep_last
-        for stale in run_dir.glob(".*.pth.*.tmp"):  # left by a process killed while writing
+        for stale in run_dir.glob(".*.tmp"):  # staged by a process killed while saving (this one owns the folder now)
             stale.unlink(missing_ok=True)
 
-    def save(self, state: dict[str, Any], epoch: int, is_best: bool) -> list[Path]:
-        """Write `state` to every file due this epoch; returns those paths. `latest.pth` comes
-        last, so that a kill between the writes never leaves a latest.pth that claims a best
-        value or an epoch whose own files were not written."""
+    def save(self, state: dict[str, Any], epoch: int, is_best: bool,
+             row_files: dict[Path, bytes] | None = None) -> list[Path]:
+        """Write `state` to every file due this epoch, with `row_files` (the epoch's metrics.csv,
+        path -> content); returns the checkpoint paths. Every file is staged before any replaces
+        its old version, so a full disk changes none of them (DiskFull). They are renamed in
+        place row files first and `latest.pth` last, so that a kill between the renames never
+        leaves a latest.pth ahead of metrics.csv, or one that claims a best value whose
+        model_best.pth was not written."""
         names = []
         if is_best:
             names.append("model_best.pth")
         if epoch % self.save_period == 0:
             names.append(f"checkpoint-epoch{epoch}.pth")
         names.append("latest.pth")
-        paths = self._write(state, names)
+        paths = self._write(state, names, row_files or {})
         self._drop_old_periodic()
         return paths
 
     def save_latest(self, state: dict[str, Any]) -> Path:
         """Write `latest.pth` only (an interruption in the middle of an epoch)."""
-        return self._write(state, ["latest.pth"])[0]
+        return self._write(state, ["latest.pth"], {})[0]
 
-    def _write(self, state: dict[str, Any], names: list[str]) -> list[Path]:
-        """Serialise `state` once and write it atomically to each of `names` in the run directory."""
+    def _write(self, state: dict[str, Any], names: list[str], row_files: dict[Path, bytes]) -> list[Path]:
+        """Serialise `state` once and write it, with `row_files`, to each of `names` in the run directory."""
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        data = buffer.getvalue()
         paths = [self.run_dir / name for name in names]
-        for path in paths:
-            _write_atomic(data, path)
+        with StagedFiles() as files:
+            for path, content in row_files.items():
+                files.add(content, path)
+            files.add(buffer.getvalue(), *paths)
+            files.commit()
         return paths
 
     def _drop_old_periodic(self) -> None:

@@ -1,4 +1,5 @@
-"""The one exception type for mistakes in what the user gave us."""
+"""The exceptions that end a run with a status of its own: a mistake in what the user gave us
+(InputError, 2), a stop on a signal (128 + signal), a diverged loss (3), a full disk (4)."""
 
 
 def first_line(exc: BaseException) -> str:
@@ -60,3 +61,27 @@ class TrainingDiverged(Exception):
             message = f"{where}; {resume}; try a lower 'optimizer.args.lr' or set 'trainer.clip_grad_norm'"
         super().__init__(message)
         self.bad_samples = bad_samples or []
+
+
+class DiskFull(Exception):
+    """No space left on a file system, or the disk quota reached, while writing `file` of a run.
+    A save stages every file before it replaces any (utils/staged_files.py), so the run folder is
+    as the last complete save left it, resumable from `checkpoint` once there is space. train.py
+    prints one line and exits with EXIT_STATUS: a job script can tell it from a crash (1) and
+    from bad input (2), and knows that requeueing alone will not help."""
+
+    EXIT_STATUS = 4
+
+    def __init__(self, problem: str, file: str, checkpoint: str | None = None) -> None:
+        """`problem`: e.g. `no space left on /scratch (/dev/sdb1)`."""
+        super().__init__(problem, file, checkpoint)
+        self.problem, self.file, self.checkpoint = problem, file, checkpoint
+
+    def __str__(self) -> str:
+        then = (f"the run can be resumed from {self.checkpoint} once there is space" if self.checkpoint
+                else "no checkpoint of this run was written")
+        return f"{self.problem} writing {self.file}; {then}"
+
+    def resumable_from(self, checkpoint: str | None) -> "DiskFull":
+        """The same failure, naming the checkpoint the run can be resumed from."""
+        return DiskFull(self.problem, self.file, checkpoint)

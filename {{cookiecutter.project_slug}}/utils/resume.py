@@ -106,3 +106,19 @@ def apply_changes(changes: dict[str, tuple[Any, Any]], optimizer: torch.optim.Op
                 scheduler._init_is_better(scheduler.mode, scheduler.threshold, scheduler.threshold_mode)
             applied.append(key)
     return applied
+
+
+def has_ended(checkpoint: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """Why the run whose newest state is `checkpoint` has nothing left to train under `config`
+    (the config it would be resumed with): it reached `trainer.epochs`, or early stopping ended
+    it. None when it goes on, also after a stop inside an epoch, which that epoch finishes."""
+    options, epoch = config["trainer"], checkpoint["epoch"]
+    if checkpoint["batches_done"]:
+        return None
+    if epoch >= options["epochs"]:
+        return f"it reached epoch {epoch} of trainer.epochs {options['epochs']}"
+    early_stop, monitor = options["early_stop"], options["monitor"]
+    if monitor != "off" and early_stop and checkpoint["not_improved_count"] >= early_stop:
+        return (f"it stopped early after epoch {epoch}: trainer.early_stop is {early_stop} and "
+                f"'{monitor.split()[1]}' last improved in epoch {epoch - checkpoint['not_improved_count']}")
+    return None

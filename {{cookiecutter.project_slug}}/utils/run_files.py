@@ -2,7 +2,8 @@
 list with one entry per invocation (the first start, then one more for every resume) holding
 the command line, working folder, start time, versions and the project's git commit.
 
-Only the main process writes them (the trainer calls `ConfigParser.make_run_dir` on rank 0)."""
+Only the process that owns the run folder writes them (`ConfigParser.make_run_dir`, on rank 0,
+with the folder's lock held)."""
 
 import importlib.metadata
 import json
@@ -18,33 +19,30 @@ from typing import Any
 import torch
 
 from utils.errors import InputError
+from utils.staged_files import StagedFiles, full_disk_reported
 
 RUN_INFO = "run_info.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GIT_TIMEOUT_S = 5.0  # git on a slow network file system must not hold up training
 
 
-def save_run_files(run_dir: Path, config: dict[str, Any], made: bool) -> None:
+def save_run_files(run_dir: Path, config: dict[str, Any], resuming: bool) -> None:
     """Write `config` to `config.json` and append this invocation to `run_info.json` in
-    `run_dir`. Any OSError is an InputError naming the folder, and the folder is left as it was
-    (`made`: the caller has just created it, so it is removed again)."""
-    try:
-        check_writable(run_dir, resuming=not made)
-        contents = {"config.json": config, RUN_INFO: [*read_run_info(run_dir), invocation()]}
-        _write_all(run_dir, contents)
-    except BaseException:
-        if made:
-            _remove_empty(run_dir)
-        raise
+    `run_dir`, both or neither. An OSError is an InputError naming the folder (a full disk: a
+    DiskFull), and the files are left as they were."""
+    check_writable(run_dir, resuming)
+    contents = {"config.json": config, RUN_INFO: [*read_run_info(run_dir), invocation()]}
+    _write_all(run_dir, contents)
 
 
 def check_writable(run_dir: Path, resuming: bool) -> None:
     """Create and remove a file in `run_dir`: a folder we may not write in (a read-only copy of
     a finished run, say) is refused before anything is written, not by a traceback mid-way."""
     try:
-        fd, name = tempfile.mkstemp(dir=run_dir, prefix=".write-check-")
-        os.close(fd)
-        os.unlink(name)
+        with full_disk_reported(run_dir):
+            fd, name = tempfile.mkstemp(dir=run_dir, prefix=".write-check-")
+            os.close(fd)
+            os.unlink(name)
     except OSError as exc:
         remedy = ("copy the checkpoint into a writable folder and resume from there" if resuming
                   else "choose a writable trainer.save_dir")
@@ -111,43 +109,13 @@ def _version(distribution: str) -> str | None:
 def _write_all(folder: Path, contents: dict[str, Any]) -> None:
     """Write each value as JSON to its file name in `folder`. Every file is written in full
     before any replaces its old version, so a failure (a full disk, say) changes none of them."""
-    staged: list[tuple[str, Path]] = []
     name = ""
     try:
-        for name, value in contents.items():
-            staged.append((_stage(folder / name, value), folder / name))
-        for temp, path in staged:
-            name = path.name
-            os.replace(temp, path)
+        with StagedFiles() as files:
+            for name, value in contents.items():
+                files.add((json.dumps(value, indent=4, allow_nan=False) + "\n").encode(), folder / name)
+            name = ""
+            files.commit()
     except OSError as exc:
-        for temp, _ in staged:
-            Path(temp).unlink(missing_ok=True)
-        raise InputError(f"run directory '{folder}': cannot write {name} ({exc.strerror or exc})") from None
-
-
-def _stage(path: Path, value: Any) -> str:
-    """`value` as JSON in a temp file next to `path`, flushed to disk; returns the temp file."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private; these are normal files
-        with os.fdopen(fd, "w") as file:
-            file.write(json.dumps(value, indent=4, allow_nan=False) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return name
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _remove_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass  # not empty or already gone: nothing of ours to clean up
+        what = f"write {name}" if name else "rename its files into place"
+        raise InputError(f"run directory '{folder}': cannot {what} ({exc.strerror or exc})") from None
