@@ -49,6 +49,10 @@ CATALOGUE = [
     Case("config-not-json", "config", ("-c", "broken.json"), "config 'broken.json': invalid JSON at line 3 column 3"),
     Case("config-empty", "config", ("-c", "empty.json"), "config 'empty.json': invalid JSON at line 1 column 1"),
     Case("config-a-list", "config", ("-c", "list.json"), "config 'list.json': must be a JSON object"),
+    Case("config-yaml", "config", ("-c", "config.yaml"),
+         "config 'config.yaml': not JSON (configs are JSON files; this one begins with '# my config')"),
+    Case("config-not-utf8", "config", ("-c", "latin1.json"),
+         "config 'latin1.json': not JSON text (configs are JSON files in UTF-8)"),
     Case("config-a-folder", "config", ("-c", "folder"), "config 'folder': cannot read it"),
     Case("config-duplicate-key", "config", ("-c", "duplicate.json"),
          "config 'duplicate.json': key 'lr' appears twice in one object"),
@@ -257,6 +261,8 @@ def make_workspace(root: Path, mnist_dir: Path, good: bytes, edits: dict[str, An
     (root / "broken.json").write_text('{\n  "name": "x",\n  oops\n}\n')
     (root / "empty.json").write_text("")
     (root / "list.json").write_text("[1, 2]\n")
+    (root / "config.yaml").write_text("# my config\nname: Mnist_LeNet\narch:\n  type: MnistModel\n")
+    (root / "latin1.json").write_bytes('{"name": "Mnist_LeNet", "note": "café"}'.encode("latin-1"))
     text = json.dumps(base_config(mnist_dir), indent=4)
     assert '"lr": 0.001' in text
     (root / "duplicate.json").write_text(text.replace('"lr": 0.001', '"lr": 0.01, "lr": 0.001'))
