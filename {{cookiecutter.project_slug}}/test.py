@@ -17,7 +17,7 @@ from parse_config import ConfigParser, lookup
 from trainer import Trainer
 from utils import InputError, setup_device
 from utils.checkpoint import load_checkpoint, load_weights
-from utils.fit_check import accepts, check_model_fits_data
+from utils.fit_check import accepts, check_trainer_fits_data
 
 logger = logging.getLogger("test")
 
@@ -36,9 +36,9 @@ def evaluate(config: ConfigParser) -> dict[str, float]:
     model.to(device).eval()
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
-    check_model_fits_data(model, data_loader, criterion, metric_fns, device)
     trainer = Trainer(model, criterion, metric_fns, None, config=config, device=device, device_ids=[],
                       data_loader=data_loader)
+    check_trainer_fits_data(trainer)
     return trainer.evaluate(data_loader)
 
 

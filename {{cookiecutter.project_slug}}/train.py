@@ -22,7 +22,7 @@ from parse_config import ConfigParser, lookup
 from trainer import Trainer
 from utils import InputError, TrainingInterrupted, distributed, seed_everything, setup_device
 from utils.errors import TrainingDiverged
-from utils.fit_check import accepts, check_model_fits_data
+from utils.fit_check import accepts, check_trainer_fits_data
 from utils.lr_schedule import resolve_plateau_mode
 from utils.signals import stop_request
 
@@ -51,12 +51,12 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     logger.debug(model)
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
-    check_model_fits_data(model, data_loader, criterion, metric_fns, device)  # before any run folder exists
     optimizer, lr_scheduler = build_optimizer(config, model)
     if seed is not None and distributed.active():
         seed_everything(seed + distributed.rank())  # a different dropout mask on every rank
     trainer = Trainer(model, criterion, metric_fns, optimizer, config=config, device=device, device_ids=device_ids,
                       data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler)
+    check_trainer_fits_data(trainer)  # before any run folder exists
     trainer.restore()
     return trainer
 
