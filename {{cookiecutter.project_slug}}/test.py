@@ -1,5 +1,8 @@
 """Evaluate a checkpoint on the test split: python test.py -r CHECKPOINT [-c config.json]"""
 
+import exit_status  # first: a Ctrl-C while torch is imported (seconds), or later, is one line, not a traceback
+
+# isort: split
 import logging
 import sys
 from typing import Any
@@ -68,11 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = evaluate(config_from_args(args))
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status.finish(InputError.EXIT_STATUS, f"error: {exc}")
     for key, value in results.items():
         print(f"{key}: {value:.6f}")
-    return 0
+    return exit_status.finish(0, "")
 
 
 if __name__ == "__main__":

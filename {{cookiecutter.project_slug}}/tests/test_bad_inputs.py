@@ -362,4 +362,8 @@ def test_dry_run_checks_everything_and_writes_nothing(
         assert f"model MnistModel: {n_parameters:,} parameters ({n_parameters:,} trainable)" in out
         assert "one training and one validation batch (loss " in out and "val_loss " in out
     assert resolved["trainer"]["epochs"] == 7
+    no_validation = ["-o", "data_loader.args.validation_split=0", "-o", "trainer.monitor=off"]
+    status, out, err = run("train", ["-c", "config.json", *no_validation, "--dry-run"], capsys)
+    assert status == 0, err
+    assert "dry run passed on cpu: one training batch (no validation data) (loss " in out and "val_" not in out
     assert snapshot(tmp_path, mnist_dir) == before

@@ -1,4 +1,5 @@
-"""The one exception type for mistakes in what the user gave us."""
+"""The exceptions that end a run with a known exit status (InputError: a mistake in what the
+user gave us), and the one-line reason of any exception."""
 
 
 def first_line(exc: BaseException) -> str:
@@ -15,6 +16,16 @@ class InputError(Exception):
     without a traceback: the message must name the key or file, the bad value and
     what is expected. Bugs in user code are *not* InputErrors and keep their traceback.
     """
+
+    EXIT_STATUS = 2
+
+
+def exit_status_of(exc: BaseException) -> int | None:
+    """The exit status that `exc` ends an entry point with, printed as one `error:` line: its
+    class's EXIT_STATUS (InputError 2, TrainingDiverged 3); None for any other exception, a bug
+    that keeps its traceback."""
+    status = getattr(type(exc), "EXIT_STATUS", None)
+    return status if isinstance(status, int) else None
 
 
 class TrainingInterrupted(Exception):
@@ -33,7 +44,7 @@ class TrainingInterrupted(Exception):
 
 class TrainingDiverged(Exception):
     """The training loss became NaN or infinite. No checkpoint holding the weights it produced
-    is written; train.py prints one line and exits with EXIT_DIVERGED."""
+    is written; train.py prints one line and exits with EXIT_STATUS."""
 
     EXIT_STATUS = 3
 
