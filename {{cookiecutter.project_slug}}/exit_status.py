@@ -11,6 +11,7 @@ Ctrl-C or SIGTERM in the seconds that their other imports take (torch) ends the 
 with one line instead of a traceback. main() takes signals over from there.
 """
 
+import atexit
 import json
 import os
 import signal
@@ -74,6 +75,14 @@ def _runs_an_entry_point() -> bool:
     return script is not None and Path(script).resolve().parent == Path(__file__).resolve().parent
 
 
+def _ignore_late_signals() -> None:
+    """At exit: ignore SIGINT and SIGTERM, which Python would otherwise reset to their default
+    (death, and another exit status) while it finalizes."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+
+
 if _runs_an_entry_point() and threading.current_thread() is threading.main_thread():
     for _number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_number, _end_at_once)
+    atexit.register(_ignore_late_signals)

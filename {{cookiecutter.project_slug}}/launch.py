@@ -132,10 +132,11 @@ def run_torchrun(run: Callable[..., object], options: argparse.Namespace, forwar
 
 def outcome(failure: Exception | None, outcomes: dict[int, tuple[int, str]], received: list[int]) -> tuple[int, str]:
     """The status and line that launch.py ends with; raises `failure` again for a crash (torchrun's
-    report, status 1) and for a signal that torchrun handles itself (SIGHUP, SIGQUIT)."""
+    report, status 1) and for a signal that torchrun handles itself (SIGHUP, SIGQUIT). A process
+    that failed after recording its outcome (a late signal) has decided: the outcome stands."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    if isinstance(failure, ChildFailedError):
+    if isinstance(failure, ChildFailedError) and not set(failure.failures) <= set(outcomes):
         number = stopped_by(failure, received)
         if number is not None:
             return 128 + number, f"interrupted by signal {number}; stopped without saving its position"
