@@ -65,9 +65,9 @@ def child_processes(parent: int) -> list[int]:
 
 
 def leave_stop_signals_to(options: argparse.Namespace) -> None:
-    """Take SIGTERM and SIGINT off the signals that torchrun handles (torch 2.9 and later have
-    the option; earlier versions handle them regardless, and the processes still get them from
-    torchrun, which this launcher then waits for)."""
+    """Take SIGTERM and SIGINT off the signals that torchrun handles (its `--signals_to_handle`;
+    versions without the option handle them regardless: torchrun passes them on to the processes
+    itself, as SignalException, and their recorded outcomes still decide)."""
     if hasattr(options, "signals_to_handle"):
         kept = [name.strip() for name in options.signals_to_handle.split(",")
                 if name.strip() not in ("SIGTERM", "SIGINT")]
