@@ -59,6 +59,17 @@ def csv_rows(run_dir: Path) -> list[dict[str, str]]:
     return [dict(zip(lines[0].split(","), line.split(","), strict=True)) for line in lines[1:]]
 
 
+def loopback_nodes() -> list[str]:
+    """torchrun's options for two "nodes" of one process each on this machine (c10d rendezvous)."""
+    return [
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+        "--rdzv_id=loopback",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -104,13 +115,7 @@ def test_two_nodes_on_loopback_take_as_many_steps_as_one_process_with_the_whole_
     project: Path, mnist_sample_dir: Path, tmp_path: Path
 ) -> None:
     started = time.perf_counter()
-    rendezvous = [
-        "--nnodes=2",
-        "--nproc_per_node=1",
-        "--rdzv_backend=c10d",
-        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
-        "--rdzv_id=loopback",
-    ]
+    rendezvous = loopback_nodes()
     args = [
         "train.py",
         "-c",

@@ -113,15 +113,13 @@ def assert_bitwise(reference: Path, resumed: Path) -> None:
 
 
 def assert_clean_stop(job: Job, status: int, number: int, run_dir: Path) -> dict[str, Any]:
-    """Exit 128 + signal, the resume hint, no traceback of ours, and latest.pth inside epoch 2.
-    (Under torchrun, torchrun itself prints a traceback on a signal: only the project's own
-    frames are ruled out there.)"""
+    """Exit 128 + signal, the resume hint once, no traceback (under launch.py, none of torchrun's
+    either), and latest.pth inside epoch 2."""
     output = job.text()
     assert status == 128 + number, output[-3000:]
-    assert f"interrupted by signal {number}; resume with: python " in output
+    assert output.count(f"interrupted by signal {number}; resume with: python ") == 1, output[-3000:]
     assert f"-r {run_dir / 'latest.pth'}" in output
-    under_torchrun = "launch.py" in " ".join(map(str, job.process.args))
-    assert ('train.py", line' not in output) if under_torchrun else ("Traceback" not in output), output[-3000:]
+    assert "Traceback" not in output and "SignalException" not in output, output[-3000:]
     assert "DataLoader worker" not in output, output[-3000:]
     saved = load(run_dir / "latest.pth")
     assert saved["epoch"] == 1 and saved["batches_done"] > 0, (saved["epoch"], saved["batches_done"])
@@ -169,7 +167,7 @@ def test_a_signal_to_the_whole_group_stops_cleanly_and_resumes_exactly(
     )
     job.wait_for(f"epoch 2/2 {moment}")
     if moment == "train":
-        time.sleep(0.5)  # into the epoch: workers running, batches in flight
+        time.sleep(0.2)  # into the epoch (125 batches, about half a second): workers running, batches in flight
     job.signal_group(number)  # the training process and every worker process
     saved = assert_clean_stop(job, job.finish(), number, tmp_path / NAME / "stopped")
     if moment == "valid":
@@ -199,15 +197,15 @@ def ddp_reference(project: Path, mnist_sample_dir: Path, tmp_path_factory: pytes
 
 
 def ranks_of(launcher: int) -> list[int]:
-    """The training processes below `launcher`: torchrun's children (launcher -> torchrun -> ranks)."""
-    children: dict[int, list[int]] = {}
+    """The training processes of `launcher`: its children (it runs torchrun's launcher itself)."""
+    ranks = []
     for entry in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = entry.read_text().rpartition(")")[2].split()
-            children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+            if int(entry.read_text().rpartition(")")[2].split()[1]) == launcher:
+                ranks.append(int(entry.parent.name))
         except (OSError, ValueError):
             continue
-    return [rank for torchrun in children.get(launcher, []) for rank in children.get(torchrun, [])]
+    return ranks
 
 
 @pytest.mark.xdist_group("preemption-ddp-reference")
@@ -226,9 +224,9 @@ def test_torchrun_stops_on_a_signal_to_any_group_and_resumes_exactly(
         launch_command("-c", str(config), "--run-id", "stopped", "-o", f"data_loader.args.num_workers={workers}"),
     )
     job.wait_for("epoch 2/2 train")
-    time.sleep(0.5)
+    time.sleep(0.2)  # into the epoch, whose 63 batches a rank take about half a second
     if target.startswith("job group"):
-        job.signal_group(signal.SIGTERM)  # the launcher; torchrun and the ranks are in sessions of their own
+        job.signal_group(signal.SIGTERM)  # the launcher alone: the ranks are in sessions of their own
     else:
         ranks = ranks_of(job.process.pid)
         assert len(ranks) == 2 and all(os.getpgid(rank) == rank for rank in ranks), ranks  # groups of their own

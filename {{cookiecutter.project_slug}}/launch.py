@@ -1,66 +1,87 @@
 """torchrun, with the exit status a job scheduler needs: python launch.py [TORCHRUN OPTIONS] train.py ...
 
-torchrun exits 1 with its own traceback when it is sent SIGTERM, whatever its workers did, so a
-job script cannot tell "stopped and saved, requeue me" from a crash. This wrapper runs torchrun
-and ends with 128 + the signal (143 for SIGTERM, 130 for SIGINT) when training stopped on a
-signal after saving its position (rank 0 says so in a file named by TRAIN_STOP_REPORT), and
-with torchrun's own status otherwise.
+Runs torchrun's launcher (its options, its processes) in this process and ends as one `python
+train.py` would: 0 finished (also when a signal came after the last optimizer step), 2 bad
+input, 3 diverged, 128 + the signal after a stop that saved the position, or whatever status
+train.py ends with, with train.py's one line on stderr, printed once. A process that crashes
+ends it with torchrun's report and status 1. Each process records its status and line in a
+folder named by TRAIN_OUTCOME_DIR and exits 0 (exit_status.py), so that torchrun sees a failure
+only in a crash. With several nodes, every node runs launch.py and every one ends so.
 
-Signals: torchrun runs in a session of its own, so a signal to this job's process group (a
-terminal's Ctrl-C, `kill -- -PGID`, a batch script's trap) reaches this wrapper alone, which
-passes the first SIGTERM or SIGINT on to torchrun exactly once; torchrun hands it to its
-workers, which save and stop. Repeated SIGTERMs are the same request; a second SIGINT is passed
-on too, and makes the workers exit at once.
+Signals: torchrun starts each process in a session of its own, so a signal to this job's
+process group (a terminal's Ctrl-C, `kill -- -PGID`, a batch script's trap) reaches this
+launcher alone. It passes every SIGTERM and SIGINT straight on to the processes, which save
+their position and stop (a second SIGINT: at once); torchrun's own handling of them (a
+traceback, status 1 whatever the processes did, a kill after 30 s) is left out. Before the
+processes start (the rendezvous) a signal stops torchrun; once they have ended (torchrun then
+waits for the other nodes), it changes nothing.
 """
 
-import json
+import argparse
 import os
+import shlex
 import signal
-import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-STOP_REPORT_ENV = "TRAIN_STOP_REPORT"  # the variable train.py reads (train.STOP_REPORT_ENV)
+from exit_status import LAUNCH_COMMAND_ENV, OUTCOME_DIR_ENV, read_outcomes
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Forwarder:
-    """Passes SIGTERM and SIGINT on to the torchrun process: the first one, and a second SIGINT."""
+    """The SIGTERM and SIGINT handler: passes each signal on to the processes that this process
+    started (torchrun's processes); while there are none, calls `idle` with it."""
 
-    def __init__(self, process: subprocess.Popen) -> None:
-        self.process = process
-        self.forwarded: list[int] = []
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.idle: Callable[[int], None] | None = None
 
     def __call__(self, signal_number: int, frame: FrameType | None) -> None:
-        if self.forwarded and not (signal_number == signal.SIGINT and len(self.forwarded) == 1):
-            return
-        self.forwarded.append(signal_number)
-        if self.process.poll() is None:
-            self.process.send_signal(signal_number)
-        if len(self.forwarded) == 2:  # a double Ctrl-C reaches each worker's own process group too
-            for pid in descendants(self.process.pid):
-                try:
-                    os.kill(pid, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
+        self.received.append(signal_number)
+        children = child_processes(os.getpid())
+        for pid in children:
+            try:
+                os.kill(pid, signal_number)
+            except ProcessLookupError:
+                pass
+        if not children and self.idle is not None:
+            self.idle(signal_number)
 
 
-def descendants(root: int) -> list[int]:
-    """Every process below `root` (Linux /proc; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
+def child_processes(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (Linux /proc; empty elsewhere)."""
+    children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == parent:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    return children
+
+
+def leave_stop_signals_to(options: argparse.Namespace) -> None:
+    """Take SIGTERM and SIGINT off the signals that torchrun handles (its `--signals_to_handle`;
+    versions without the option handle them regardless: torchrun passes them on to the processes
+    itself, as SignalException, and their recorded outcomes still decide)."""
+    if hasattr(options, "signals_to_handle"):
+        kept = [name.strip() for name in options.signals_to_handle.split(",")
+                if name.strip() not in ("SIGTERM", "SIGINT")]
+        options.signals_to_handle = ",".join(kept) or "SIGHUP"  # torchrun takes no empty list
+
+
+def stopped_by(failure: object, received: list[int]) -> int | None:
+    """The signal (one this launcher passed on) that every failed process died of or exited
+    with 128 + it (a second Ctrl-C, or a signal before a process could listen); None: a crash."""
+    codes = [failure_.exitcode for failure_ in failure.failures.values()]  # type: ignore[attr-defined]
+    for number in dict.fromkeys(received):
+        if all(code in (-number, 128 + number) for code in codes):
+            return number
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,22 +89,76 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if args else 2
+    forwarder = Forwarder()
+    for number in STOP_SIGNALS:
+        signal.signal(number, forwarder)
+    from torch.distributed import run as torchrun  # seconds: a signal meanwhile is kept in `received`
+
+    if forwarder.received:
+        return end(128 + forwarder.received[0], f"interrupted by signal {forwarder.received[0]} before training "
+                                                "started; nothing was saved")
+    options = torchrun.parse_args(args)
+    leave_stop_signals_to(options)
+    launcher = ["python", "launch.py", *args[: args.index(options.training_script)]]
     with tempfile.TemporaryDirectory(prefix="launch-") as folder:
-        report = Path(folder) / "stopped.json"
-        env = dict(os.environ, **{STOP_REPORT_ENV: str(report)})
-        command = [sys.executable, "-m", "torch.distributed.run", *args]
-        process = subprocess.Popen(command, env=env, start_new_session=True)
-        forwarder = Forwarder(process)
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, forwarder)
-        status = process.wait()
-        if report.is_file():
-            stopped = json.loads(report.read_text())
-            launcher_options = args[: next((i for i, arg in enumerate(args) if arg.endswith(".py")), len(args))]
-            print(f"interrupted by signal {stopped['signal']}; resume with: python launch.py "
-                  f"{' '.join(launcher_options)} train.py -r {stopped['checkpoint']}", file=sys.stderr)
-            return 128 + int(stopped["signal"])
-        return status if status >= 0 else 128 - status  # killed by a signal: as a shell reports it
+        os.environ[OUTCOME_DIR_ENV] = folder
+        os.environ[LAUNCH_COMMAND_ENV] = shlex.join(launcher)
+        failure = run_torchrun(torchrun.run, options, forwarder, Path(folder))
+        outcomes = read_outcomes(Path(folder))
+    return end(*outcome(failure, outcomes, forwarder.received))
+
+
+def run_torchrun(run: Callable[..., object], options: argparse.Namespace, forwarder: Forwarder,
+                 folder: Path) -> Exception | None:
+    """Run torchrun's launcher; the ChildFailedError (a process failed) or SignalException
+    (torchrun stopped on a signal) it ended with, or None."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
+
+    def stop_torchrun(signal_number: int) -> None:
+        if not read_outcomes(folder):  # before the processes started (a rendezvous): torchrun's own stop
+            raise SignalException(f"got signal {signal_number}", sigval=signal.Signals(signal_number))
+        # after they ended: torchrun waits for the other nodes' processes, whose launchers have their signal
+
+    forwarder.idle = stop_torchrun
+    try:
+        record(run)(options)
+    except (ChildFailedError, SignalException) as exc:
+        return exc
+    finally:
+        forwarder.idle = None
+    return None
+
+
+def outcome(failure: Exception | None, outcomes: dict[int, tuple[int, str]], received: list[int]) -> tuple[int, str]:
+    """The status and line that launch.py ends with; raises `failure` again for a crash (torchrun's
+    report, status 1) and for a signal that torchrun handles itself (SIGHUP, SIGQUIT). A process
+    that failed after recording its outcome (a late signal) has decided: the outcome stands."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if isinstance(failure, ChildFailedError) and not set(failure.failures) <= set(outcomes):
+        number = stopped_by(failure, received)
+        if number is not None:
+            return 128 + number, f"interrupted by signal {number}; stopped without saving its position"
+        said = (line for _, (_, line) in sorted(outcomes.items()) if line)
+        for line in dict.fromkeys(said):  # what the processes that did not crash had to say, once
+            print(line, file=sys.stderr)
+        raise failure
+    if outcomes:
+        return outcomes[min(outcomes)]  # every process took the same decision: the lowest rank's words
+    if failure is not None:  # torchrun's SignalException
+        number = int(failure.sigval)  # type: ignore[attr-defined]
+        if number not in STOP_SIGNALS:
+            raise failure
+        return 128 + number, f"interrupted by signal {number} before training started; nothing was saved"
+    return 0, ""  # a script that records no outcome, finished
+
+
+def end(status: int, line: str) -> int:
+    """Print `line` (if any) on stderr; `status`, for sys.exit."""
+    if line:
+        print(line, file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -42,15 +42,22 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def read_json(path: Path, what: str = "config") -> Any:
-    """Parse a JSON file; a missing file, bad JSON or a key given twice is an InputError naming
-    the file (as `what`, e.g. `config 'config.json'`)."""
+    """Parse a JSON file (UTF-8, a byte order mark allowed, or UTF-16/32 as JSON allows); a
+    missing file, a file that is not JSON at all (YAML, say), bad JSON or a key given twice is an
+    InputError naming the file (as `what`, e.g. `config 'config.json'`)."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{what} '{path}': cannot read it ({exc.strerror or exc})") from None
     try:
-        return json.loads(text, object_pairs_hook=unique_keys)
+        return json.loads(data, object_pairs_hook=unique_keys)  # bytes: json detects the encoding and skips a BOM
+    except UnicodeDecodeError:
+        raise InputError(f"{what} '{path}': not JSON text ({what}s are JSON files in UTF-8)") from None
     except json.JSONDecodeError as exc:
+        if exc.doc.strip() and exc.pos == len(exc.doc) - len(exc.doc.lstrip()):  # fails at its first character
+            begins = exc.doc.lstrip().splitlines()[0][:40]
+            raise InputError(f"{what} '{path}': not JSON ({what}s are JSON files; this one begins with "
+                             f"{begins!r})") from None
         raise InputError(f"{what} '{path}': invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except DuplicateKeyError as exc:
         raise InputError(f"{what} '{path}': key '{exc.key}' appears twice in one object") from None

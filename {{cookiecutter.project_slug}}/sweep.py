@@ -6,6 +6,9 @@ a SQLite file beside the runs unless --storage names a database that several pro
 machines share; running the same command again completes the study (an interrupted trial
 first resumes from its checkpoint)."""
 
+import exit_status  # first: a Ctrl-C while torch and optuna are imported is then one line, not a traceback
+
+# isort: split
 import dataclasses
 import logging
 import os
@@ -59,19 +62,20 @@ def sweep(argv: list[str] | None = None) -> Sweep:
 def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is reported by the sweep itself
     logging.getLogger("optuna").propagate = False
-    try:
-        with stop_request.listening():  # a signal stops the running trial as it stops a run
+    with stop_request.listening():  # a signal stops the running trial as it stops a run
+        try:
             distributed.init_distributed()
             job = sweep(argv)
             job.run(job.spec.trials)
-    except Exception as exc:
-        status = report(exc)
-        if status is None:
-            raise  # a bug: its traceback
-        return status
-    finally:
-        distributed.shutdown()
-    return 0
+            status, line = 0, ""
+        except Exception as exc:
+            result = report(exc)
+            if result is None:
+                raise  # a bug: its traceback
+            status, line = result
+        finally:
+            distributed.shutdown()
+        return exit_status.finish(status, line, show=distributed.is_main())
 
 
 if __name__ == "__main__":

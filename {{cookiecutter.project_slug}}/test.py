@@ -1,5 +1,8 @@
 """Evaluate a checkpoint on the test split: python test.py -r CHECKPOINT [-c config.json]"""
 
+import exit_status  # first: a Ctrl-C while torch is imported (seconds), or later, is one line, not a traceback
+
+# isort: split
 import logging
 import sys
 from typing import Any
@@ -17,7 +20,7 @@ from parse_config import ConfigParser, lookup
 from trainer import Trainer
 from utils import InputError, setup_device
 from utils.checkpoint import load_checkpoint, load_weights
-from utils.fit_check import accepts, check_model_fits_data
+from utils.fit_check import accepts, check_trainer_fits_data
 
 logger = logging.getLogger("test")
 
@@ -36,9 +39,9 @@ def evaluate(config: ConfigParser) -> dict[str, float]:
     model.to(device).eval()
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
-    check_model_fits_data(model, data_loader, criterion, metric_fns, device)
     trainer = Trainer(model, criterion, metric_fns, None, config=config, device=device, device_ids=[],
                       data_loader=data_loader)
+    check_trainer_fits_data(trainer)
     return trainer.evaluate(data_loader)
 
 
@@ -68,11 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = evaluate(config_from_args(args))
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status.finish(InputError.EXIT_STATUS, f"error: {exc}")
     for key, value in results.items():
         print(f"{key}: {value:.6f}")
-    return 0
+    return exit_status.finish(0, "")
 
 
 if __name__ == "__main__":

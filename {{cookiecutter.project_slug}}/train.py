@@ -1,11 +1,14 @@
 """Train a model: python train.py -c config.json [-r CHECKPOINT [--fine-tune [--partial]]] [-o KEY=VALUE ...]
 [--dry-run]"""
 
+import exit_status  # first: a Ctrl-C while torch is imported (seconds) is then one line, not a traceback
+
+# isort: split
+import contextlib
 import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,16 +24,13 @@ from cli import command_line_parser, config_from_args, folder_name
 from logger import setup_logging
 from parse_config import ConfigParser, lookup
 from trainer import Trainer
-from utils import InputError, TrainingInterrupted, distributed, seed_everything, setup_device
-from utils.errors import DiskFull, TrainingDiverged
-from utils.fit_check import accepts, check_model_fits_data
+from utils import TrainingInterrupted, distributed, seed_everything, setup_device
+from utils.errors import exit_status_of
+from utils.fit_check import accepts, check_trainer_fits_data
 from utils.lr_schedule import resolve_plateau_mode
 from utils.signals import stop_request
 
 logger = logging.getLogger("train")
-
-# The file launch.py asks rank 0 to report a stop in (see report_stop).
-STOP_REPORT_ENV = "TRAIN_STOP_REPORT"
 
 # The arguments a dry run gives a data loader that takes them, so that it writes nothing.
 DRY_RUN_OPTIONS = {"download": False, "write_cache": False}
@@ -55,12 +55,12 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     logger.debug(model)
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
-    check_model_fits_data(model, data_loader, criterion, metric_fns, device)  # before any run folder exists
     optimizer, lr_scheduler = build_optimizer(config, model)
     if seed is not None and distributed.active():
         seed_everything(seed + distributed.rank())  # a different dropout mask on every rank
     trainer = Trainer(model, criterion, metric_fns, optimizer, config=config, device=device, device_ids=device_ids,
                       data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler)
+    check_trainer_fits_data(trainer)  # before any run folder exists
     trainer.restore()
     return trainer
 
@@ -99,17 +99,21 @@ def finished(config: ConfigParser) -> bool:
 
 
 def dry_run(config: ConfigParser) -> dict[str, float]:
-    """Build everything, run one training and one validation batch and print the resolved
-    config and the parameter count. Creates no run directory, log, checkpoint or dataset."""
+    """Build everything, run one training batch and one validation batch (when there is
+    validation data) and print (rank 0) the resolved config and the parameter count. Creates no
+    run directory, log, checkpoint or dataset."""
     if finished(config):
         return {}
     trainer = build_trainer(config, dry_run=True)
     losses = trainer.dry_run()
-    print(json.dumps(config.config, indent=4))
-    total, trainable = count_parameters(trainer.raw_model)
-    print(f"model {config['arch']['type']}: {total:,} parameters ({trainable:,} trainable)")
-    batches = "  ".join(f"{key} {value:.4f}" for key, value in losses.items())
-    print(f"dry run passed on {trainer.device}: one training and one validation batch ({batches}); nothing written")
+    if distributed.is_main():
+        print(json.dumps(config.config, indent=4))
+        total, trainable = count_parameters(trainer.raw_model)
+        print(f"model {config['arch']['type']}: {total:,} parameters ({trainable:,} trainable)")
+        batches = "  ".join(f"{key} {value:.4f}" for key, value in losses.items())
+        ran = "one training and one validation batch" if trainer.valid_data_loader is not None else \
+            "one training batch (no validation data)"
+        print(f"dry run passed on {trainer.device}: {ran} ({batches}); nothing written")
     return losses
 
 
@@ -137,42 +141,38 @@ def main(argv: list[str] | None = None) -> int:
         help="check the config: build everything, run one training and one validation batch, write nothing",
     )
     args = parser.parse_args(argv)
-    try:
-        with stop_request.listening():  # a signal while the run is being built stops it too
+    # A run listens for SIGINT and SIGTERM: they stop it at the next optimizer step, saved, and
+    # change nothing after its last one. A dry run writes nothing: they end it at once (exit_status).
+    with contextlib.nullcontext() if args.dry_run else stop_request.listening():
+        try:
             config = config_from_args(args, SHORTCUTS)
             if args.dry_run:
                 dry_run(config)
             else:
-                train(config)  # a signal after the last optimizer step changes nothing: the run is done
-    except InputError as exc:
-        if distributed.is_main():  # under torchrun every rank fails alike: one says so
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (TrainingDiverged, DiskFull) as exc:
-        if distributed.is_main():
-            print(f"error: {exc}", file=sys.stderr)
-        return exc.EXIT_STATUS
-    except TrainingInterrupted as exc:
-        if distributed.is_main():
-            report_stop(exc)
-        return 128 + exc.signal_number
-    finally:
-        distributed.shutdown()
-    return 0
+                train(config)
+            status, line = 0, ""
+        except TrainingInterrupted as exc:
+            status, line = 128 + exc.signal_number, stop_line(exc)
+        except Exception as exc:
+            status = exit_status_of(exc)  # InputError 2, TrainingDiverged 3, ...
+            if status is None:
+                raise  # a bug: its traceback
+            line = f"error: {exc}"
+        finally:
+            distributed.shutdown()
+        return exit_status.finish(status, line, show=distributed.is_main())  # every rank ends alike: one says so
 
 
-def report_stop(exc: TrainingInterrupted) -> None:
-    """Say how to resume a run stopped by a signal. Under launch.py, tell it instead (through the
-    file it names in STOP_REPORT_ENV): torchrun itself exits 1 on a signal, whatever its workers
-    did, so the launcher learns here that the position was saved, and prints the command."""
-    report = os.environ.get(STOP_REPORT_ENV)
-    if report and exc.checkpoint is not None:  # launch.py prints the command that resumes
-        Path(report).write_text(json.dumps({"signal": exc.signal_number, "checkpoint": exc.checkpoint}) + "\n")
-    elif distributed.launched_by_torchrun() and exc.checkpoint is not None:
-        print(f"interrupted by signal {exc.signal_number}; resume with: torchrun [the same options] train.py "
-              f"-r {exc.checkpoint}", file=sys.stderr)
-    else:
-        print(exc, file=sys.stderr)
+def stop_line(exc: TrainingInterrupted) -> str:
+    """The line that says how to resume a run stopped by a signal, with the command that ran it
+    (launch.py names its own; plain torchrun's options are not known here)."""
+    launcher = os.environ.get(exit_status.LAUNCH_COMMAND_ENV)
+    if exc.checkpoint is not None and launcher:
+        return f"interrupted by signal {exc.signal_number}; resume with: {launcher} train.py -r {exc.checkpoint}"
+    if exc.checkpoint is not None and distributed.launched_by_torchrun():
+        return (f"interrupted by signal {exc.signal_number}; resume with: torchrun [the same options] train.py "
+                f"-r {exc.checkpoint}")
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ that every rank exits with the same status instead of waiting for a trial that n
 
 import contextlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,12 +202,10 @@ class Sweep:
             raise
 
 
-def report(exc: Exception) -> int | None:
-    """Print `exc`'s one line (rank 0 only) and return sweep.py's exit status; None for a bug."""
+def report(exc: Exception) -> tuple[int, str] | None:
+    """sweep.py's exit status for `exc` and its one line ("" on a rank that rank 0 spoke for);
+    None for a bug."""
     result = ending(exc)
-    if result is None:
-        return None
-    status, line = result
-    if distributed.is_main() and not isinstance(exc, SweepEnded):
-        print(line, file=sys.stderr)
-    return status
+    if result is None or not isinstance(exc, SweepEnded):
+        return result
+    return result[0], ""

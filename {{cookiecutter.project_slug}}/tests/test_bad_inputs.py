@@ -49,6 +49,10 @@ CATALOGUE = [
     Case("config-not-json", "config", ("-c", "broken.json"), "config 'broken.json': invalid JSON at line 3 column 3"),
     Case("config-empty", "config", ("-c", "empty.json"), "config 'empty.json': invalid JSON at line 1 column 1"),
     Case("config-a-list", "config", ("-c", "list.json"), "config 'list.json': must be a JSON object"),
+    Case("config-yaml", "config", ("-c", "config.yaml"),
+         "config 'config.yaml': not JSON (configs are JSON files; this one begins with '# my config')"),
+    Case("config-not-utf8", "config", ("-c", "latin1.json"),
+         "config 'latin1.json': not JSON text (configs are JSON files in UTF-8)"),
     Case("config-a-folder", "config", ("-c", "folder"), "config 'folder': cannot read it"),
     Case("config-duplicate-key", "config", ("-c", "duplicate.json"),
          "config 'duplicate.json': key 'lr' appears twice in one object"),
@@ -140,7 +144,8 @@ CATALOGUE = [
       lr_scheduler={"type": "OneCycleLR", "args": {"max_lr": 0.01, "total_steps": 5}}),
     c("save-every-minutes-zero", "'trainer.save_every_minutes' must be > 0, got 0", trainer__save_every_minutes=0),
     c("num-classes-below-labels",
-      "config: labels go up to 9 but the model outputs 5 classes (arch.args.num_classes?)", "arguments",
+      "config: labels go up to 9 but the model outputs 5 classes, too few for loss 'nll_loss' (arch.args.num_classes?)",
+      "arguments",
       arch__args={"num_classes": 5}),
     Case("num-classes-below-labels-dry-run", "arguments", ("-c", "config.json", "--dry-run"),
          "config: labels go up to 9 but the model outputs 5 classes", {"arch.args": {"num_classes": 5}}),
@@ -268,6 +273,8 @@ def make_workspace(root: Path, mnist_dir: Path, good: bytes, edits: dict[str, An
     (root / "broken.json").write_text('{\n  "name": "x",\n  oops\n}\n')
     (root / "empty.json").write_text("")
     (root / "list.json").write_text("[1, 2]\n")
+    (root / "config.yaml").write_text("# my config\nname: Mnist_LeNet\narch:\n  type: MnistModel\n")
+    (root / "latin1.json").write_bytes('{"name": "Mnist_LeNet", "note": "café"}'.encode("latin-1"))
     text = json.dumps(base_config(mnist_dir), indent=4)
     assert '"lr": 0.001' in text
     (root / "duplicate.json").write_text(text.replace('"lr": 0.001', '"lr": 0.01, "lr": 0.001'))
@@ -362,4 +369,8 @@ def test_dry_run_checks_everything_and_writes_nothing(
         assert f"model MnistModel: {n_parameters:,} parameters ({n_parameters:,} trainable)" in out
         assert "one training and one validation batch (loss " in out and "val_loss " in out
     assert resolved["trainer"]["epochs"] == 7
+    no_validation = ["-o", "data_loader.args.validation_split=0", "-o", "trainer.monitor=off"]
+    status, out, err = run("train", ["-c", "config.json", *no_validation, "--dry-run"], capsys)
+    assert status == 0, err
+    assert "dry run passed on cpu: one training batch (no validation data) (loss " in out and "val_" not in out
     assert snapshot(tmp_path, mnist_dir) == before

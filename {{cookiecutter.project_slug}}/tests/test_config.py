@@ -93,6 +93,12 @@ def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
         read_json(path)
 
 
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "notepad.json"
+    path.write_bytes('\ufeff{"name": "a", "trainer": {"epochs": 1}}'.encode())  # as some Windows editors save
+    assert read_json(path) == {"name": "a", "trainer": {"epochs": 1}}
+
+
 def test_tilde_in_path_keys_is_the_home_folder_for_every_reader(
     make_config: Callable[..., dict[str, Any]], mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,8 +1,11 @@
-"""Model, data and config that do not fit each other are refused while building, and the check
-that finds out changes nothing about the run; test.py names what a user's loader lacks."""
+"""Model, data and config that do not fit each other are refused while building, in one line that
+names the loss or metric and what it received; what fits passes (count targets with a
+regression loss, a structured output that the trainer unpacks); the check that finds out
+changes nothing about the run; test.py names what a user's loader lacks."""
 
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,16 +14,20 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 import data_loader as module_data
+import model.model as module_arch
 import test as test_script
 import train
 from base import BaseDataLoader
 from data_loader import MnistDataLoader
 from model.loss import nll_loss
 from model.metric import accuracy, top_k_acc
+from model.model import MnistModel
 from parse_config import ConfigParser
+from trainer import Trainer
 from utils.errors import InputError
 from utils.fit_check import check_model_fits_data
 
@@ -62,6 +69,83 @@ def test_without_known_labels_the_sample_label_is_checked() -> None:
     later.train_indices = [3]  # a sample of label 3
     with pytest.raises(InputError, match="labels go up to 3 but the model outputs 2 classes"):
         check_model_fits_data(nn.Sequential(nn.Linear(3, 2), nn.LogSoftmax(dim=1)), later, nll_loss, [], CPU)
+
+
+def count_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error of a predicted count (B, 1) against integer counts (B,)."""
+    return F.mse_loss(output.squeeze(1), target.float())
+
+
+def test_integer_targets_need_classes_only_where_the_loss_takes_classes() -> None:
+    counts = BaseDataLoader(TensorDataset(torch.rand(8, 3), torch.tensor([0, 1, 2, 3] * 2)), 2, False, 0.0, 0)
+    check_model_fits_data(nn.Linear(3, 1), counts, count_loss, [accuracy], CPU)  # a count regression
+    message = "config: labels go up to 3 but the model outputs 1 classes, too few for loss 'nll_loss'"
+    with pytest.raises(InputError, match=re.escape(message)):
+        check_model_fits_data(nn.Sequential(nn.Linear(3, 1), nn.LogSoftmax(dim=1)), counts, nll_loss, [], CPU)
+
+
+class TwoHeads(MnistModel):
+    """Digit log-probabilities and an auxiliary output: a model that returns a tuple."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = super().forward(x)  # (B, num_classes)
+        return scores, scores[:, :4].exp()  # (B, num_classes), (B, 4)
+
+
+class TwoHeadsTrainer(Trainer):
+    """Unpacks TwoHeads' output: its scores are what the loss and the metrics see."""
+
+    def train_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        data, target = batch
+        scores, aux = self.model(data)
+        return self.criterion(scores, target) + 1e-3 * aux.mean(), scores, target
+
+    def valid_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        data, target = batch
+        scores, _ = self.raw_model(data)
+        return self.criterion(scores, target), scores, target
+
+
+def test_a_metric_that_fails_on_a_structured_output_is_one_line() -> None:
+    loader = BaseDataLoader(TensorDataset(torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])), 2, False, 0.0, 0)
+    model = TwoHeads()
+
+    def valid_step(batch: Any, criterion: Callable[..., torch.Tensor]) -> tuple[Any, Any, Any]:
+        data, target = batch  # Trainer.valid_step's way: the output goes to the loss and the metrics as it is
+        output = model(data)
+        return criterion(output, target), output, target
+
+    def first_head_loss(output: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return nll_loss(output[0], target)
+
+    with pytest.raises(InputError) as refused:
+        check_model_fits_data(model, loader, first_head_loss, [accuracy], CPU, valid_step)
+    assert str(refused.value) == (
+        "config: metric 'accuracy' failed on the model's output (tuple of 2: Tensor(1, 10), Tensor(1, 4)) and target "
+        "Tensor(1,) int64: AttributeError: 'tuple' object has no attribute 'argmax'; a trainer whose model returns "
+        "several outputs unpacks them in train_step/valid_step (README: Write your own trainer)"
+    )
+
+
+def test_a_structured_output_is_one_line_in_a_dry_run_and_trains_with_a_trainer_that_unpacks_it(
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(module_arch, "TwoHeads", TwoHeads, raising=False)
+    (tmp_path / "two_heads.json").write_text(json.dumps(make_config(arch={"type": "TwoHeads", "args": {}})))
+    assert train.main(["-c", str(tmp_path / "two_heads.json"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: config: loss 'nll_loss' failed on the model's output (tuple of 2: Tensor(1, 10), "
+                          "Tensor(1, 4)) and target Tensor(1,) int64: TypeError: ")
+    assert err.endswith("unpacks them in train_step/valid_step (README: Write your own trainer)\n")
+
+    monkeypatch.setattr(train, "Trainer", TwoHeadsTrainer)  # as if trainer/trainer.py held it
+    assert train.main(["-c", str(tmp_path / "two_heads.json"), "--run-id", "two-heads"]) == 0
+    rows = (tmp_path / "saved" / "Mnist_LeNet" / "two-heads" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # the header and 2 epochs
+    (tmp_path / "five.json").write_text(json.dumps(make_config(arch={"type": "TwoHeads", "args": {"num_classes": 5}})))
+    assert train.main(["-c", str(tmp_path / "five.json"), "--dry-run"]) == 2  # checked through the trainer's step
+    assert "labels go up to 9 but the model outputs 5 classes, too few for loss 'nll_loss'" in capsys.readouterr().err
 
 
 class RandomDataset(Dataset):
@@ -110,7 +194,7 @@ def test_a_run_with_the_check_is_bitwise_the_run_without(
         return torch.load(parser.run_dir / "latest.pth", weights_only=True)["state_dict"]
 
     checked = final_weights("checked")
-    monkeypatch.setattr(train, "check_model_fits_data", lambda *args: None)
+    monkeypatch.setattr(train, "check_trainer_fits_data", lambda *args: None)
     unchecked = final_weights("unchecked")
     assert all(torch.equal(checked[key], unchecked[key]) for key in checked)
 

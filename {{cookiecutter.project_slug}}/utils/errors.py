@@ -1,5 +1,6 @@
-"""The exceptions that end a run with a status of its own: a mistake in what the user gave us
-(InputError, 2), a stop on a signal (128 + signal), a diverged loss (3), a full disk (4)."""
+"""The exceptions that end a run with a status of its own (InputError, a mistake in what the user
+gave us: 2; a stop on a signal: 128 + signal; a diverged loss: 3; a full disk: 4), and the one-line
+reason of any exception."""
 
 
 def first_line(exc: BaseException) -> str:
@@ -25,6 +26,16 @@ class InputError(Exception):
     what is expected. Bugs in user code are *not* InputErrors and keep their traceback.
     """
 
+    EXIT_STATUS = 2
+
+
+def exit_status_of(exc: BaseException) -> int | None:
+    """The exit status that `exc` ends an entry point with, printed as one `error:` line: its
+    class's EXIT_STATUS (InputError 2, TrainingDiverged 3); None for any other exception, a bug
+    that keeps its traceback."""
+    status = getattr(type(exc), "EXIT_STATUS", None)
+    return status if isinstance(status, int) else None
+
 
 class TrainingInterrupted(Exception):
     """Training stopped on a signal (SIGINT, SIGTERM) after saving `latest.pth`; train.py exits
@@ -42,7 +53,7 @@ class TrainingInterrupted(Exception):
 
 class TrainingDiverged(Exception):
     """The training loss became NaN or infinite. No checkpoint holding the weights it produced
-    is written; train.py prints one line and exits with EXIT_DIVERGED. `bad_samples`: the
+    is written; train.py prints one line and exits with EXIT_STATUS. `bad_samples`: the
     dataset indices of that batch's samples whose data were already NaN or infinite (then the
     data, not the learning rate, are to blame)."""
 

@@ -1,6 +1,9 @@
-"""Checks made while building, before a run directory exists, that the model and the data
-loader fit each other and the config: mistakes that would otherwise surface as an IndexError
-or a RuntimeError in the first batch (or, on a GPU, as a device-side assert)."""
+"""Checks made while building, before a run directory exists, that the model, the data loader,
+the loss and the metrics fit each other: one sample goes through the model (or, where the batch
+or the output is structured, through the trainer's own `valid_step`), and the loss and every
+metric are called on the output. Mistakes that would otherwise surface as a traceback in the
+first batch (or, on a GPU, as a device-side assert) are one InputError line that names the loss
+or metric and what it received."""
 
 import inspect
 import logging
@@ -13,12 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.device import on_device
-from utils.errors import InputError, listed
+from utils.device import move_to, on_device
+from utils.errors import InputError, first_line, listed
 
 logger = logging.getLogger(__name__)
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+CPU = torch.device("cpu")
+
+# valid_step(batch, criterion) -> (loss, output, target): one validation step with that loss.
+Step = Callable[[Any, Callable[..., torch.Tensor]], tuple[Any, Any, Any]]
 
 
 def accepts(cls: Callable[..., Any], parameter: str) -> bool:
@@ -29,44 +36,59 @@ def accepts(cls: Callable[..., Any], parameter: str) -> bool:
         return False
 
 
+def check_trainer_fits_data(trainer: Any) -> None:
+    """`check_model_fits_data` for `trainer`'s model, data, loss and metrics, with its own
+    `valid_step` (its `criterion` swapped for the checked loss meanwhile) for a structured batch
+    or model output, so that a trainer which unpacks them passes as it trains."""
+
+    def step(batch: Any, criterion: Callable[..., torch.Tensor]) -> tuple[Any, Any, Any]:
+        own, trainer.criterion = trainer.criterion, criterion
+        try:
+            return trainer.valid_step(batch)
+        finally:
+            trainer.criterion = own
+
+    check_model_fits_data(trainer.raw_model, trainer.data_loader, trainer.criterion, trainer.metric_fns,
+                          trainer.device, step)
+
+
 def check_model_fits_data(
     model: nn.Module,
     data_loader: Any,
     criterion: Callable[..., torch.Tensor],
     metric_fns: list[Callable[..., torch.Tensor]],
     device: torch.device,
+    valid_step: Step | None = None,
 ) -> None:
-    """Run one sample of `data_loader` through `model` and raise an InputError when the model
-    outputs fewer classes than the labels need, or when the loss or a metric refuses the
-    output (a ValueError from it). Loaders without `sample_batch` (BaseDataLoader's), and
-    batches other than a (data, target) pair of tensors, are not checked.
+    """Run the first training sample of `data_loader` through `model`, and call the loss and every
+    metric on the output and the target: an InputError names one that fails on them, or that
+    fails on the largest label of the data where it takes label 0 (the model outputs too few
+    classes). A batch that is not a `(data, target)` pair of tensors, or a model output that is
+    not a tensor, goes through `valid_step` (the trainer's own, which unpacks them) instead,
+    and the metrics get what it returns; without `valid_step` such a sample is not checked, nor
+    is a loader without `sample_batch` (BaseDataLoader's).
 
-    The model runs in eval mode without gradients; its modes and every global RNG are restored,
-    so that a run checked here is bitwise the run it would be unchecked."""
+    The model runs in eval mode, uncompiled, without gradients; its modes and every global RNG
+    are restored, so that a run checked here is bitwise the run it would be unchecked."""
     with rng_preserved(device):  # a random transform of the sample, or the model, may draw from them
-        sample = sample_on_device(data_loader, device)
-        if sample is None:
+        batch = sample_on_device(data_loader, device)
+        if batch is None:
             return
-        data, target = sample
-        output = forward_in_eval_mode(model, data)
-        if not isinstance(output, torch.Tensor) or output.dim() < 2:
-            return
-        check_class_count(getattr(data_loader, "classes", None), output.size(1))
-        max_label = data_loader.max_label() if hasattr(data_loader, "max_label") else None
-        if max_label is None and target.numel() and target.dtype in INTEGER_DTYPES:
-            max_label = int(target.max())  # only this sample's label is known
-        if max_label is not None and max_label >= output.size(1):
-            # checked before calling the loss: out-of-range labels are an IndexError on the CPU
-            # and an unrecoverable device-side assert on a GPU
-            raise InputError(f"config: labels go up to {max_label} but the model outputs {output.size(1)} "
-                             "classes (arch.args.num_classes?)")
-        with torch.no_grad():
-            for kind, fn in [("loss", criterion), *(("metric", fn) for fn in metric_fns)]:
-                try:
-                    fn(output, target)
-                except ValueError as exc:  # the function's own judgement of the model's output
-                    name = getattr(fn, "__name__", type(fn).__name__)
-                    raise InputError(f"config: {kind} '{name}': {exc}") from None
+        largest = data_loader.max_label() if hasattr(data_loader, "max_label") else None
+        loss = CheckedCall(criterion, "loss", largest)
+        with probing(model):
+            output = model(batch[0]) if is_pair(batch) else None
+            if isinstance(output, torch.Tensor):
+                target = batch[1]
+                if output.dim() >= 2:  # named classes (image folders) against the outputs, before the labels
+                    check_class_count(getattr(data_loader, "classes", None), output.size(1))
+                loss(output, target)
+            elif valid_step is not None:
+                _, output, target = valid_step(batch, loss)
+            else:
+                return
+            for fn in metric_fns:
+                CheckedCall(fn, "metric", largest)(output, target)
 
 
 def check_class_count(classes: Any, outputs: int) -> None:
@@ -85,28 +107,101 @@ def check_class_count(classes: Any, outputs: int) -> None:
                        len(classes), listed(classes), len(classes), outputs - 1, len(classes))
 
 
-def sample_on_device(data_loader: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+class CheckedCall:
+    """A loss or metric that, called, first checks on CPU copies of its arguments whether it
+    fails on the largest label (where it does not on label 0), then runs as is; either failure is
+    an InputError naming it and what it received."""
+
+    def __init__(self, fn: Callable[..., Any], kind: str, largest_label: int | None) -> None:
+        self.fn, self.kind, self.largest_label = fn, kind, largest_label
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, output: Any, target: Any, *args: Any, **kwargs: Any) -> Any:
+        self.check_labels(output, target)
+        try:
+            return self.fn(output, target, *args, **kwargs)
+        except ValueError as exc:  # the function's own judgement of what it got
+            raise InputError(f"config: {self.kind} '{self.__name__}': {exc}") from None
+        except Exception as exc:
+            hint = ("; a trainer whose model returns several outputs unpacks them in train_step/valid_step "
+                    "(README: Write your own trainer)" if isinstance(output, (tuple, list, dict)) else "")
+            raise InputError(
+                f"config: {self.kind} '{self.__name__}' failed on the model's output ({describe(output)}) and target "
+                f"{describe(target, dtype=True)}: {type(exc).__name__}: {first_line(exc)}{hint}"
+            ) from None
+
+    def check_labels(self, output: Any, target: Any) -> None:
+        """On the CPU, where an out-of-range label is an exception rather than a device-side
+        assert: a function that takes label 0 but not the largest label needs more classes."""
+        if not (isinstance(target, torch.Tensor) and target.dtype in INTEGER_DTYPES and target.numel()):
+            return  # not class labels
+        label = max(int(target.max()), self.largest_label or 0)
+        output, target = move_to(output, CPU), target.to(CPU)
+        if label == 0 or fails(self.fn, output, torch.zeros_like(target)) is not None:
+            return  # nothing to compare, or it fails on any label (reported by the call itself)
+        error = fails(self.fn, output, torch.full_like(target, label))
+        if error is None:
+            return
+        if isinstance(output, torch.Tensor) and output.dim() >= 2:
+            raise InputError(f"config: labels go up to {label} but the model outputs {output.size(1)} classes, too "
+                             f"few for {self.kind} '{self.__name__}' (arch.args.num_classes?)")
+        raise InputError(f"config: labels go up to {label}, which {self.kind} '{self.__name__}' does not take with "
+                         f"the model's output ({describe(output)}): {type(error).__name__}: {first_line(error)} "
+                         "(arch.args.num_classes?)")
+
+
+def fails(fn: Callable[..., Any], output: Any, target: torch.Tensor) -> Exception | None:
+    """The exception `fn(output, target)` raises, or None."""
+    try:
+        fn(output, target)
+    except Exception as exc:  # noqa: BLE001  (any failure is the answer)
+        return exc
+    return None
+
+
+def describe(value: Any, dtype: bool = False) -> str:
+    """What a value is, for a message: `Tensor(1, 10)`, `Tensor(1,) int64`, `tuple of 2: ...`."""
+    if isinstance(value, torch.Tensor):
+        shape = ", ".join(map(str, value.shape)) + ("," if value.dim() == 1 else "")
+        return f"Tensor({shape})" + (f" {str(value.dtype).removeprefix('torch.')}" if dtype else "")
+    if isinstance(value, dict):
+        return f"dict of {len(value)}: " + ", ".join(f"{key} {describe(item, dtype)}" for key, item in value.items())
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of {len(value)}: " + ", ".join(describe(item, dtype) for item in value)
+    return type(value).__name__
+
+
+def is_pair(batch: Any) -> bool:
+    return isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(p, torch.Tensor) for p in batch)
+
+
+def sample_on_device(data_loader: Any, device: torch.device) -> Any:
     """The loader's one-sample batch on `device`, as a step receives it (through the loader's
     `device_transform`, e.g. uint8 images to normalised floats); None when the loader has no
-    `sample_batch` or its batches are not a (data, target) pair of tensors."""
+    `sample_batch` or no samples."""
     sample_batch = getattr(data_loader, "sample_batch", None)
-    if sample_batch is None:
+    sample = sample_batch() if sample_batch is not None else None
+    if sample is None:
         return None
-    batch = next(on_device([sample_batch()], data_loader, device, epoch=1))
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(p, torch.Tensor) for p in batch)):
-        return None
-    return batch[0], batch[1]
+    return next(on_device([sample], data_loader, device, epoch=1))
 
 
-def forward_in_eval_mode(model: nn.Module, data: torch.Tensor) -> Any:
-    """`model(data)` in eval mode (no dropout, no batch-norm statistics updated) without
-    gradients; every submodule's training flag is restored afterwards."""
+@contextmanager
+def probing(model: nn.Module) -> Iterator[None]:
+    """`model` in eval mode (no dropout, no batch-norm statistics updated), without gradients and
+    without its compiled forward (`trainer.compile`: a one-sample batch must not compile a graph
+    of its own); every submodule's training flag and the compiled forward come back afterwards."""
     modes = [(module, module.training) for module in model.modules()]
+    compiled = getattr(model, "_compiled_call_impl", None)  # where nn.Module.compile() keeps it
     model.eval()
+    if compiled is not None:
+        model._compiled_call_impl = None
     try:
         with torch.no_grad():
-            return model(data)
+            yield
     finally:
+        if compiled is not None:
+            model._compiled_call_impl = compiled
         for module, training in modes:
             module.training = training
 

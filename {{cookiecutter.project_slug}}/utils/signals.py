@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+import exit_status
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -38,7 +40,7 @@ class StopRequest:
         if self.signal_number is None:
             self.signal_number = signal_number
         elif signal_number == signal.SIGINT:  # pressed twice: the user wants out now
-            raise SystemExit(128 + signal_number)
+            raise SystemExit(exit_status.finish(128 + signal_number, ""))  # under launch.py: recorded
         # a repeated SIGTERM is the same request: already being handled
 
     @contextmanager

@@ -1,0 +1,115 @@
+"""Ctrl-C (SIGINT) where there is nothing to save: while a script imports torch, during test.py,
+during a dry run. Each ends at once with one line and status 130, without a traceback. (A
+signal during training saves the position: tests/test_resume.py.)"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import train
+from parse_config import ConfigParser
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = [script for script in ("train.py", "test.py", "sweep.py") if (PROJECT_ROOT / script).is_file()]
+INTERRUPTED = "interrupted by signal 2; nothing was written"
+
+# A model whose forward takes a while: the fit check runs it first, saying so on stdout.
+SLOW_MODEL = '''
+
+class SlowModel(MnistModel):
+    """MnistModel with a slow forward (5 s), announced on stdout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        print("forward", flush=True)
+        time.sleep(5)
+        return super().forward(x)
+'''
+
+
+class Script:
+    """`python ARGS` in `project`, in a session of its own (so that it can be sent a terminal's
+    Ctrl-C), with its stdout and stderr collected as they come."""
+
+    def __init__(self, project: Path, *args: str) -> None:
+        self.process = subprocess.Popen([sys.executable, *args], cwd=project, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, into in ((self.process.stdout, self.out), (self.process.stderr, self.err)):
+            threading.Thread(target=lambda s=stream, i=into: i.extend(iter(s.readline, "")), daemon=True).start()
+
+    def wait_for(self, found: Callable[[], bool], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not found():
+            assert self.process.poll() is None, "".join(self.err)[-2000:]
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+
+    def interrupt(self) -> tuple[int, list[str], str]:
+        """Ctrl-C; the exit status, stderr's lines (without `-X importtime`'s) and stdout."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        status = self.process.wait(timeout=60)
+        time.sleep(0.1)  # the readers take the last lines
+        lines = [line.rstrip("\n") for line in self.err if not line.startswith("import time:")]
+        return status, lines, "".join(self.out)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_ctrl_c_while_torch_is_imported_is_one_line(script: str) -> None:
+    job = Script(PROJECT_ROOT, "-X", "importtime", script, "-c", "no-such-config.json")
+    job.wait_for(lambda: any(line.split("|")[-1].strip().startswith("torch.") for line in job.err))  # in `import torch`
+    status, lines, _ = job.interrupt()
+    assert (status, lines) == (130, [INTERRUPTED])
+
+
+@pytest.fixture(scope="module")
+def slow_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This project's code, copied, with SlowModel added to model/model.py."""
+    def skipped(folder: str, names: list[str]) -> list[str]:
+        return [name for name in names if name in {"__pycache__", ".git", ".venv", "data", "saved", "tests"}]
+
+    project = Path(shutil.copytree(PROJECT_ROOT, tmp_path_factory.mktemp("slow") / "project", ignore=skipped))
+    with (project / "model" / "model.py").open("a") as file:
+        file.write(SLOW_MODEL)
+    return project
+
+
+def test_ctrl_c_stops_a_dry_run(slow_project: Path, make_config: Callable[..., dict[str, Any]],
+                                tmp_path: Path) -> None:
+    config = tmp_path / "slow.json"
+    config.write_text(json.dumps(make_config(arch={"type": "SlowModel", "args": {}})))
+    job = Script(slow_project, "train.py", "-c", str(config), "--dry-run")
+    job.wait_for(lambda: "forward\n" in job.out)
+    started = time.monotonic()
+    status, lines, out = job.interrupt()
+    assert (status, lines) == (130, [INTERRUPTED]) and "dry run passed" not in out
+    assert time.monotonic() - started < 4  # at once, not after the slow step
+    assert not (tmp_path / "saved").exists()
+
+
+def test_ctrl_c_during_test_py_is_one_line(slow_project: Path, make_config: Callable[..., dict[str, Any]],
+                                           tmp_path: Path) -> None:
+    parser = ConfigParser(make_config(trainer__epochs=1), run_id="run")
+    train.train(parser)
+    assert parser.run_dir is not None
+    checkpoint = torch.load(parser.run_dir / "latest.pth", weights_only=True)
+    checkpoint["arch"] = checkpoint["config"]["arch"]["type"] = "SlowModel"  # the same weights
+    torch.save(checkpoint, tmp_path / "slow.pth")
+    job = Script(slow_project, "test.py", "-r", str(tmp_path / "slow.pth"))
+    job.wait_for(lambda: "forward\n" in job.out)
+    status, lines, _ = job.interrupt()
+    assert (status, lines) == (130, [INTERRUPTED])
