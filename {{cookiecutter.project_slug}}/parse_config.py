@@ -14,11 +14,11 @@ from types import ModuleType
 from typing import Any
 
 from config_schema import validate
-from utils.branch import is_older_than_its_run, make_branch_folder, start_branch
-from utils.checkpoint import forget_read_checkpoint, load_checkpoint
+from engine.branch import is_older_than_its_run, make_branch_folder, start_branch
+from engine.checkpoint import forget_read_checkpoint, load_checkpoint
+from engine.run_files import check_writable, save_run_files
+from engine.run_lock import RunLock
 from utils.errors import DiskFull, InputError
-from utils.run_files import check_writable, save_run_files
-from utils.run_lock import RunLock
 from utils.staged_files import full_disk_reported
 
 
@@ -98,7 +98,7 @@ class ConfigParser:
 
     def make_run_dir(self) -> Path:
         """Claim the run directory (create it, or when resuming reuse it or branch from it),
-        take its lock (utils/run_lock.py: one process at a time writes a run folder), and save
+        take its lock (engine/run_lock.py: one process at a time writes a run folder), and save
         the resolved config and this invocation's record (`run_info.json`) in it. Nothing in
         the folder is written before the lock is held, and a failure leaves the folders as they
         were. The path is absolute, so that every message names the folder the same way."""
@@ -161,7 +161,7 @@ class ConfigParser:
 
     def _claim_resumed_run_dir(self) -> Path:
         """The folder of the checkpoint, locked, when the checkpoint is its newest state; else a
-        new branch beside it (utils/branch.py), locked, filled, and the run's folder untouched.
+        new branch beside it (engine/branch.py), locked, filled, and the run's folder untouched.
         Which one is decided with the run's lock held, when this process can have it."""
         assert self.resume_path is not None
         checkpoint = load_checkpoint(self.resume_path)  # already read by the trainer: not read again

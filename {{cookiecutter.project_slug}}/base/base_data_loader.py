@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
-from utils import distributed
+from engine import distributed
+from engine.signals import ignore_stop_signals, stop_signals_blocked
 from utils.errors import InputError
-from utils.signals import ignore_stop_signals, stop_signals_blocked
 
 # The validation split is drawn with its own fixed seed, so it is the same for every run and
 # every trainer.seed, and a resumed run validates on exactly the images it validated on before.
@@ -117,7 +117,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _init_worker(worker_id: int, then: Callable[[int], None] | None = None) -> None:
-    ignore_stop_signals()  # the training process decides when to stop; see utils/signals.py
+    ignore_stop_signals()  # the training process decides when to stop; see engine/signals.py
     if then is not None:
         then(worker_id)
 

@@ -29,10 +29,10 @@ from matplotlib.ticker import MaxNLocator
 
 from cli import read_config, with_overrides
 from config_schema import validate
+from engine.resume import flatten
+from engine.run_files import read_run_info
 from logger.metrics_csv import _read as read_metrics_csv  # the one tolerant reader of metrics.csv
 from utils.errors import InputError, first_line, listed
-from utils.resume import flatten
-from utils.run_files import read_run_info
 from utils.staged_files import write_atomic  # the one atomic writer of files
 
 try:

@@ -14,15 +14,15 @@ import optuna
 
 from cli import with_overrides
 from config_schema import validate
+from engine import distributed
+from engine.checkpoint import load_checkpoint
+from engine.resume import check_changes, config_changes
 from parse_config import ConfigParser
 from sweeps.spec import with_values
 from sweeps.study import RUN_DIR, StudyError, storage_errors
 from train import build_trainer
 from trainer import Trainer
-from utils import distributed
-from utils.checkpoint import load_checkpoint
 from utils.errors import InputError
-from utils.resume import check_changes, config_changes
 
 logger = logging.getLogger("sweep")
 

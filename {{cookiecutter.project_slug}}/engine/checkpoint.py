@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils import distributed
+from engine import distributed
 from utils.errors import InputError, listed
 from utils.seed import rng_state, seed_everything, set_rng_state
 from utils.staged_files import StagedFiles

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils import distributed
+from engine import distributed
 from utils.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
