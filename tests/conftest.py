@@ -62,6 +62,7 @@ EXPECTED_FILES = {
     "data_loader/data_loaders.py",
     "data_loader/mnist_files.py",
     "engine/__init__.py",
+    "engine/batches.py",
     "engine/branch.py",
     "engine/checkpoint.py",
     "engine/checkpointed_run.py",

@@ -14,8 +14,8 @@ import torch
 from test_resume import signal_after
 
 import train
-from base.base_data_loader import EpochBatches
 from engine import checkpointed_run, distributed
+from engine.batches import EpochBatches
 from engine.checkpoint import Progress
 from engine.checkpointed_run import (
     AGREE_EVERY_SECONDS,
