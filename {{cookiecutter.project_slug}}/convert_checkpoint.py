@@ -19,7 +19,7 @@ import torch
 
 from cli import CommandLineParser
 from config_schema import validate
-from engine.checkpoint import _strip_wrappers as strip_wrappers  # the rule load_weights applies
+from engine.checkpoint import strip_wrappers  # the rule load_weights applies
 from utils.errors import InputError
 from utils.staged_files import write_atomic  # the trainer's own atomic writer
 

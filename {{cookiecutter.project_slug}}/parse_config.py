@@ -13,9 +13,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from config_schema import validate
+from config_schema import normalized, validate
 from engine.branch import is_older_than_its_run, make_branch_folder, start_branch
 from engine.checkpoint import forget_read_checkpoint, load_checkpoint
+from engine.resume import config_changes
 from engine.run_files import check_writable, save_run_files
 from engine.run_lock import RunLock
 from utils.errors import DiskFull, InputError
@@ -90,6 +91,12 @@ class ConfigParser:
 
     def __getitem__(self, name: str) -> Any:
         return self.config[name]
+
+    def changes_from(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Dotted key -> (value in `saved`, value here) for every key in which this config differs
+        from `saved` (a checkpoint's config), defaults filled in on both sides; what a resume may
+        change of them is engine/resume.py's to say."""
+        return config_changes(normalized(saved), self.config)
 
     @property
     def resuming(self) -> bool:

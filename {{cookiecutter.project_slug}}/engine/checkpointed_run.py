@@ -23,7 +23,7 @@ from engine.checkpoint import (
 from engine.device import on_device
 from engine.lr_schedule import check_step_budget
 from engine.metric_tracker import MetricTracker
-from engine.resume import apply_changes, capture_hyperparameters, check_changes, config_changes
+from engine.resume import apply_changes, capture_hyperparameters, check_changes
 from engine.signals import stop_request
 from logger.metrics_csv import MetricsCSV
 from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted, first_line
@@ -267,7 +267,7 @@ class CheckpointedRun:
                 f"checkpoint '{path}': saved with optimizer '{saved_optimizer}', the config asks for "
                 f"'{self.config['optimizer']['type']}'; resume with the same optimizer, or fine-tune with --fine-tune"
             )
-        changes = config_changes(checkpoint["config"], self.config.config)
+        changes = self.config.changes_from(checkpoint["config"])
         scheduler_type = self.config["lr_scheduler"]["type"] if self.config["lr_scheduler"] else None
         check_changes(changes, scheduler_type, path)
         load_weights(self.raw_model, checkpoint, arch, path)

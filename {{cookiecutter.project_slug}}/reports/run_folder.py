@@ -20,7 +20,7 @@ from cli import read_config
 from engine.resume import flatten
 from engine.run_files import read_run_info
 from engine.run_lock import LOCK_FILE  # held (an exclusive POSIX lock) by the live process that owns the run folder
-from logger.metrics_csv import _read as read_metrics_csv  # the one tolerant reader of metrics.csv
+from logger.metrics_csv import read_metrics_csv  # the one tolerant reader of metrics.csv
 from utils.errors import InputError, first_line
 
 try:
