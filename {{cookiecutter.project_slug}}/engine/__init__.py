@@ -1,5 +1,6 @@
-"""The run engine: what drives a run and keeps it safe, called by the loop in base/base_trainer.py.
-It owns the checkpoint file (checkpoint), restoring one under the resume rules (resume, branch,
+"""The run engine: the machinery that drives a run and keeps it safe, under the loop of
+base/base_trainer.py, the run folder of parse_config.py and the entry points. It owns the
+checkpoint file (checkpoint), restoring one under the resume rules (resume, branch,
 checkpointed_run), the run folder's records and lock (run_files, run_lock), stop signals
 (signals), devices and DDP (device, distributed), the batches of an epoch (batches), the
 optimizer step (optimizer_step), scheduler stepping (lr_schedule), metric sums (metric_tracker),
