@@ -30,7 +30,7 @@ MIN_PYTHON = (3, 10)  # the generated code uses `X | Y` type unions at run time
 # modules) would shadow it when Python runs next to that folder.
 PACKAGES_IMPORTED = {"torch", "torchvision", "numpy", "tqdm", "tensorboard", "pytest"}
 PROJECT_MODULES = {"train", "test", "tests", "parse_config", "config_schema", "base", "model"}
-PROJECT_PACKAGES = {"data_loader", "trainer", "logger", "utils"}
+PROJECT_PACKAGES = {"data_loader", "trainer", "logger", "utils", "engine"}
 STDLIB_MODULES = set(sys.stdlib_module_names)
 RESERVED = frozenset(PACKAGES_IMPORTED | PROJECT_MODULES | PROJECT_PACKAGES | STDLIB_MODULES)
 

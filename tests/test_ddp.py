@@ -166,7 +166,7 @@ import signal
 from pathlib import Path
 
 from data_loader.data_loaders import MnistDataLoader
-from utils import distributed
+from engine import distributed
 
 
 class IndexLoggedMnist(MnistDataLoader):

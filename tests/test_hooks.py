@@ -17,6 +17,7 @@ BAD_ANSWERS = [
     ({"project_slug": "torch"}, "project_slug 'torch' would shadow a module"),
     ({"project_slug": "test"}, "project_slug 'test' would shadow a module"),
     ({"project_slug": "json"}, "project_slug 'json' would shadow a module"),
+    ({"project_slug": "engine"}, "project_slug 'engine' would shadow a module"),  # the project's engine/
     ({"project_name": "   ", "project_slug": "fine"}, "project_name '   ' is empty"),
     ({"python_version": "3.9"}, "python_version '3.9' is not of the form MAJOR.MINOR with version 3.10"),
     ({"python_version": "three"}, "python_version 'three' is not of the form MAJOR.MINOR"),

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from config_schema import validate
+from engine.checkpoint import load_checkpoint
+from engine.resume import has_ended
 from parse_config import ConfigParser, DuplicateKeyError, read_json, unique_keys
-from utils.checkpoint import load_checkpoint
 from utils.errors import InputError
-from utils.resume import has_ended
 
 LATEST = "latest"  # `-r latest`: the newest run of the config
 
@@ -99,7 +99,7 @@ def command_line_parser(description: str) -> CommandLineParser:
 def config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | None = None) -> ConfigParser:
     """The run's config from parsed arguments. `-c` alone: that file. `-r` alone: the
     checkpoint's own config. `-c` with `-r`: the file, whose differences from the checkpoint's
-    config a resume applies or refuses (utils/resume.py); with `--fine-tune`, a new run from the
+    config a resume applies or refuses (engine/resume.py); with `--fine-tune`, a new run from the
     checkpoint's weights (with `--partial`, those that fit the model). `-o` overrides and
     `shortcuts` (an attribute of `args`, e.g. `lr`, to the dotted key it sets, e.g.
     `optimizer.args.lr`) apply to whichever it is; `-r latest` finds the newest run where that

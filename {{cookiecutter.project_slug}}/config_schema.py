@@ -252,6 +252,16 @@ def validate(config: Any) -> dict[str, Any]:
     return _validate(config, SCHEMA, "")
 
 
+def normalized(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` validated, its defaults filled in, to compare key by key with a validated config
+    (a checkpoint's saved config with the one a resume asks for); a config that this schema
+    refuses (one saved by an older schema) as it is: what is there is compared."""
+    try:
+        return validate(config)
+    except InputError:
+        return config
+
+
 def reference_table() -> str:
     """The Markdown table of every key, as README.md shows it."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]

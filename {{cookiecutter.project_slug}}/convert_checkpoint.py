@@ -19,7 +19,7 @@ import torch
 
 from cli import CommandLineParser
 from config_schema import validate
-from utils.checkpoint import _strip_wrappers as strip_wrappers  # the rule load_weights applies
+from engine.checkpoint import strip_wrappers  # the rule load_weights applies
 from utils.errors import InputError
 from utils.staged_files import write_atomic  # the trainer's own atomic writer
 
@@ -86,7 +86,7 @@ def convert(old: dict[str, Any], path: Path) -> tuple[dict[str, Any], str | None
     if not isinstance(arch, str):
         raise InputError(f"checkpoint '{path}': names no model class (no arch, nor arch.type in its config)")
     converted = {
-        "format_version": 1,  # the layout of weights and epoch-level values only (utils/checkpoint.py upgrades it)
+        "format_version": 1,  # the layout of weights and epoch-level values only (engine/checkpoint.py upgrades it)
         "arch": arch,
         "epoch": int(old.get("epoch", 0)),
         "state_dict": {strip_wrappers(key): value for key, value in old["state_dict"].items()},

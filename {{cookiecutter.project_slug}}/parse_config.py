@@ -13,12 +13,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from config_schema import validate
-from utils.branch import is_older_than_its_run, make_branch_folder, start_branch
-from utils.checkpoint import forget_read_checkpoint, load_checkpoint
+from config_schema import normalized, validate
+from engine.branch import is_older_than_its_run, make_branch_folder, start_branch
+from engine.checkpoint import forget_read_checkpoint, load_checkpoint
+from engine.resume import config_changes
+from engine.run_files import check_writable, save_run_files
+from engine.run_lock import RunLock
 from utils.errors import DiskFull, InputError
-from utils.run_files import check_writable, save_run_files
-from utils.run_lock import RunLock
 from utils.staged_files import full_disk_reported
 
 
@@ -91,6 +92,12 @@ class ConfigParser:
     def __getitem__(self, name: str) -> Any:
         return self.config[name]
 
+    def changes_from(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Dotted key -> (value in `saved`, value here) for every key in which this config differs
+        from `saved` (a checkpoint's config), defaults filled in on both sides; what a resume may
+        change of them is engine/resume.py's to say."""
+        return config_changes(normalized(saved), self.config)
+
     @property
     def resuming(self) -> bool:
         """True when training continues a run (as opposed to starting or fine-tuning one)."""
@@ -98,7 +105,7 @@ class ConfigParser:
 
     def make_run_dir(self) -> Path:
         """Claim the run directory (create it, or when resuming reuse it or branch from it),
-        take its lock (utils/run_lock.py: one process at a time writes a run folder), and save
+        take its lock (engine/run_lock.py: one process at a time writes a run folder), and save
         the resolved config and this invocation's record (`run_info.json`) in it. Nothing in
         the folder is written before the lock is held, and a failure leaves the folders as they
         were. The path is absolute, so that every message names the folder the same way."""
@@ -161,7 +168,7 @@ class ConfigParser:
 
     def _claim_resumed_run_dir(self) -> Path:
         """The folder of the checkpoint, locked, when the checkpoint is its newest state; else a
-        new branch beside it (utils/branch.py), locked, filled, and the run's folder untouched.
+        new branch beside it (engine/branch.py), locked, filled, and the run's folder untouched.
         Which one is decided with the run's lock held, when this process can have it."""
         assert self.resume_path is not None
         checkpoint = load_checkpoint(self.resume_path)  # already read by the trainer: not read again

@@ -15,22 +15,11 @@ from pathlib import Path
 import matplotlib
 
 from cli import CommandLineParser
-from reports.runs import (
-    Table,
-    check_metrics,
-    check_output,
-    figure_bytes,
-    find_runs,
-    is_run_folder,
-    is_study_folder,
-    plot_metrics,
-    read_runs,
-    runs_folder,
-    runs_table,
-    studies_hint,
-    studies_in,
-    write_files,
-)
+from reports.find import find_runs, is_run_folder, is_study_folder, runs_folder, studies_hint, studies_in
+from reports.output import check_output, write_files
+from reports.plot import check_metrics, figure_bytes, plot_metrics
+from reports.run_folder import read_runs
+from reports.table import Table, runs_table
 from utils.errors import InputError, listed
 
 DEFAULT_PLOT = "report.png"

@@ -19,10 +19,10 @@ import optuna
 
 from cli import CommandLineParser, folder_name, gpu_indices, read_config, with_overrides
 from config_schema import validate
+from engine import distributed
+from engine.signals import stop_request
 from sweeps import Sweep, read_sweep
 from sweeps.runner import report
-from utils import distributed
-from utils.signals import stop_request
 
 
 def command_line_parser() -> CommandLineParser:

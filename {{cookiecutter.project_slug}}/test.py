@@ -15,12 +15,13 @@ import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
 from cli import command_line_parser, config_from_args
+from engine.checkpoint import load_checkpoint, load_weights
+from engine.device import setup_device
+from engine.fit_check import accepts, check_trainer_fits_data
 from logger import setup_logging
 from parse_config import ConfigParser, lookup
 from trainer import Trainer
-from utils import InputError, setup_device
-from utils.checkpoint import load_checkpoint, load_weights
-from utils.fit_check import accepts, check_trainer_fits_data
+from utils import InputError
 
 logger = logging.getLogger("test")
 

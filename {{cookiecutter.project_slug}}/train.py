@@ -21,14 +21,16 @@ import model.metric as module_metric
 import model.model as module_arch
 from base.base_model import count_parameters
 from cli import command_line_parser, config_from_args, folder_name
+from engine import distributed
+from engine.device import setup_device
+from engine.fit_check import accepts, check_trainer_fits_data
+from engine.lr_schedule import resolve_plateau_mode
+from engine.signals import stop_request
 from logger import setup_logging
 from parse_config import ConfigParser, lookup
 from trainer import Trainer
-from utils import TrainingInterrupted, distributed, seed_everything, setup_device
+from utils import TrainingInterrupted, seed_everything
 from utils.errors import exit_status_of
-from utils.fit_check import accepts, check_trainer_fits_data
-from utils.lr_schedule import resolve_plateau_mode
-from utils.signals import stop_request
 
 logger = logging.getLogger("train")
 

@@ -19,21 +19,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from base.checkpointed_run import AgreementSchedule, CheckpointedRun, SaveSchedule
-from logger.epoch_writer import EpochWriter
-from parse_config import ConfigParser
-from utils import distributed
-from utils.checkpoint import (
+from engine import distributed
+from engine.checkpoint import (
     CheckpointSaver,
     Progress,
 )
-from utils.device import compile_model, keep_on_device, on_device, wrap_model
+from engine.checkpointed_run import AgreementSchedule, CheckpointedRun, SaveSchedule
+from engine.device import compile_model, keep_on_device, on_device, wrap_model
+from engine.lr_schedule import check_step_budget, scheduler_interval, step_scheduler
+from engine.metric_tracker import RECENT_BATCHES, MetricTracker
+from engine.monitor import Monitor
+from engine.optimizer_step import OptimizerStep
+from engine.signals import stop_request
+from logger.epoch_writer import EpochWriter
+from parse_config import ConfigParser
 from utils.errors import TrainingInterrupted, first_line
-from utils.lr_schedule import check_step_budget, scheduler_interval, step_scheduler
-from utils.monitor import Monitor
-from utils.optimizer_step import OptimizerStep
-from utils.signals import stop_request
-from utils.tracker import RECENT_BATCHES, MetricTracker
 
 logger = logging.getLogger("trainer")
 

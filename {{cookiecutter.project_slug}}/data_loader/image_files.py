@@ -25,9 +25,9 @@ from torch.utils.data import Dataset, TensorDataset
 from torchvision.transforms.v2 import functional
 from tqdm import tqdm
 
-from utils import distributed
+from engine import distributed
+from engine.signals import stop_request
 from utils.errors import InputError, TrainingInterrupted, first_line
-from utils.signals import stop_request
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec's; while they exist they
 # are the fastest way from file bytes to a uint8 tensor, and PIL decodes everything once they go.

@@ -25,7 +25,7 @@ from torchvision import datasets
 
 from base import BaseDataLoader
 from data_loader.image_files import CachedImages, StreamedImages, cached_images, fits_in_memory, read_cache
-from utils import distributed
+from engine import distributed
 from utils.errors import InputError, listed
 
 MEAN, STD = 0.5, 0.5  # of every channel, for pixel values in [0, 1]

@@ -27,7 +27,7 @@ class MetricsCSV:
         self.columns: list[str] = []
         self.rows: list[dict[str, str]] = []
         if path.exists():
-            self.columns, rows = _read(path)
+            self.columns, rows = read_metrics_csv(path)
             self.rows = [row for row in rows if int(row["epoch"]) < start_epoch]
 
     def write(self, row: dict[str, float | int]) -> None:
@@ -51,8 +51,9 @@ class MetricsCSV:
         self.rows.append(_cells(row))
 
 
-def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The header and rows of an existing metrics.csv, `epoch` as a plain integer.
+def read_metrics_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of an existing metrics.csv, `epoch` as a plain integer: the one
+    tolerant reader, used by resuming (MetricsCSV) and by report.py.
 
     Accepts what a spreadsheet makes of the file when it saves it again: a UTF-8 byte order
     mark, CRLF line ends, epochs written as `2.0`, empty trailing lines or rows of empty cells.

@@ -16,7 +16,9 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
-from reports.runs import Row, Run, Table, duration, figure_bytes, read_run
+from reports.plot import figure_bytes
+from reports.run_folder import Run, read_run
+from reports.table import Row, Table, duration
 from sweeps.study import RESUME_FROM, RETRY_OF, RUN_DIR, STORAGE_ERRORS, reasons
 from utils.errors import InputError, listed
 

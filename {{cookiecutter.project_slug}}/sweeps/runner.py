@@ -12,6 +12,8 @@ from typing import Any
 
 import optuna
 
+from engine import distributed
+from engine.signals import stop_request
 from sweeps.spec import SweepSpec
 from sweeps.study import (
     FAILURE,
@@ -32,9 +34,7 @@ from sweeps.study import (
     trial_name,
 )
 from sweeps.trial import new_trial_config, resumed_trial_config, run_trial
-from utils import distributed
 from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted
-from utils.signals import stop_request
 
 logger = logging.getLogger("sweep")
 

@@ -17,9 +17,9 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from config_schema import validate
+from engine.resume import flatten
 from parse_config import read_json
 from utils.errors import InputError
-from utils.resume import flatten
 
 # The keys of sweep.json and of one parameter of its space (the README describes each).
 TOP_KEYS = ("study", "direction", "trials", "sampler", "pruner", "heartbeat_interval", "space")

@@ -13,16 +13,16 @@ from typing import Any
 import optuna
 
 from cli import with_overrides
-from config_schema import validate
+from config_schema import normalized, validate
+from engine import distributed
+from engine.checkpoint import load_checkpoint
+from engine.resume import check_changes, config_changes
 from parse_config import ConfigParser
 from sweeps.spec import with_values
 from sweeps.study import RUN_DIR, StudyError, storage_errors
 from train import build_trainer
 from trainer import Trainer
-from utils import distributed
-from utils.checkpoint import load_checkpoint
 from utils.errors import InputError
-from utils.resume import check_changes, config_changes
 
 logger = logging.getLogger("sweep")
 
@@ -51,7 +51,7 @@ def resumed_trial_config(checkpoint: Path, overrides: list[str], swept: set[str]
         try:
             resolved = validate(candidate)
             scheduler = resolved["lr_scheduler"]["type"] if resolved["lr_scheduler"] else None
-            check_changes(config_changes(saved, resolved), scheduler, checkpoint)
+            check_changes(config_changes(normalized(saved), resolved), scheduler, checkpoint)
         except InputError as exc:
             logger.info("Not applied on resume: -o %s (%s)", override, exc)
             continue

@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.model import MnistModel
-from utils import distributed
-from utils.checkpoint import (
+from engine import distributed
+from engine.checkpoint import (
     FORMAT_VERSION,
     CheckpointSaver,
     load_checkpoint,
@@ -19,6 +18,7 @@ from utils.checkpoint import (
     unwrap_model,
     upgrade,
 )
+from model.model import MnistModel
 from utils.seed import rng_state, set_rng_state
 
 

@@ -13,7 +13,7 @@ from conftest import victoresque_checkpoint
 import convert_checkpoint
 import test as test_script
 import train
-from utils.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint
 
 ConfigFactory = Callable[..., dict[str, Any]]
 # Keys this project added to victoresque's config.json; a victoresque config has none of them.

@@ -23,13 +23,13 @@ import test as test_script
 import train
 from base import BaseDataLoader
 from data_loader import MnistDataLoader
+from engine.fit_check import check_model_fits_data
 from model.loss import nll_loss
 from model.metric import accuracy, top_k_acc
 from model.model import MnistModel
 from parse_config import ConfigParser
 from trainer import Trainer
 from utils.errors import InputError
-from utils.fit_check import check_model_fits_data
 
 ConfigFactory = Callable[..., dict[str, Any]]
 CPU = torch.device("cpu")

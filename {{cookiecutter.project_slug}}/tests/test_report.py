@@ -22,7 +22,9 @@ from test_bad_inputs import base_config, snapshot
 import report
 from cli import with_overrides
 from parse_config import ConfigParser
-from reports.runs import plot_metrics, read_run, read_runs, runs_table
+from reports.plot import plot_metrics
+from reports.run_folder import read_run, read_runs
+from reports.table import runs_table
 from train import build_trainer, train
 from utils import TrainingInterrupted
 

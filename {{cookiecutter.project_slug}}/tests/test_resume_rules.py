@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import train
+from engine.checkpoint import Progress
 from parse_config import ConfigParser
-from utils.checkpoint import Progress
 from utils.errors import InputError
 
 ConfigFactory = Callable[..., dict[str, Any]]

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import train
+from engine import run_files
 from parse_config import ConfigParser
-from utils import run_files
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ConfigFactory = Callable[..., dict[str, Any]]

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import train
+from engine.metric_tracker import RECENT_BATCHES, MetricTracker
 from parse_config import ConfigParser
 from trainer import Trainer
 from utils.errors import TrainingDiverged, TrainingInterrupted
-from utils.tracker import RECENT_BATCHES, MetricTracker
 
 ConfigFactory = Callable[..., dict[str, Any]]
 BATCHES = 12  # per epoch: 360 training images of the synthetic data at batch 32

@@ -14,19 +14,18 @@ import torch
 from test_resume import signal_after
 
 import train
-from base import checkpointed_run
-from base.base_data_loader import EpochBatches
-from base.checkpointed_run import (
+from engine import checkpointed_run, distributed
+from engine.batches import EpochBatches
+from engine.checkpoint import Progress
+from engine.checkpointed_run import (
     AGREE_EVERY_SECONDS,
     MAX_STEPS_APART,
     AgreementSchedule,
     CheckpointedRun,
     SaveSchedule,
 )
+from engine.device import set_deterministic
 from parse_config import ConfigParser
-from utils import distributed
-from utils.checkpoint import Progress
-from utils.device import set_deterministic
 from utils.errors import TrainingInterrupted
 
 ConfigFactory = Callable[..., dict[str, Any]]

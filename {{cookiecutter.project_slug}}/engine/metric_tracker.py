@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from utils import distributed
+from engine import distributed
 
 # How many of the latest batches' values the tracker keeps (for the NaN check, which reads them
 # at least this often).

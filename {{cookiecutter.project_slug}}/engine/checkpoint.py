@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils import distributed
+from engine import distributed
 from utils.errors import InputError, listed
 from utils.seed import rng_state, seed_everything, set_rng_state
 from utils.staged_files import StagedFiles
@@ -337,7 +337,7 @@ def load_weights(model: nn.Module, checkpoint: dict[str, Any], arch: str, path: 
     checkpoint of the same arch: else a WeightsMismatch saying which do not. With `partial`, load
     every tensor whose name and shape match (of any arch; refused when none does) and leave the
     model's others as they are. Returns how the tensors met."""
-    state_dict = {_strip_wrappers(key): value for key, value in checkpoint["state_dict"].items()}
+    state_dict = {strip_wrappers(key): value for key, value in checkpoint["state_dict"].items()}
     fit = weights_fit(model, state_dict)
     if partial:
         if not fit.matching:
@@ -358,9 +358,10 @@ def load_weights(model: nn.Module, checkpoint: dict[str, Any], arch: str, path: 
     return fit
 
 
-def _strip_wrappers(key: str) -> str:
+def strip_wrappers(key: str) -> str:
     """A state_dict key without the `module.` (DataParallel, DDP) and `_orig_mod.`
-    (torch.compile) prefixes that files saved by other code may carry."""
+    (torch.compile) prefixes that files saved by other code may carry: the rule by which
+    `load_weights` reads every checkpoint (convert_checkpoint.py applies it too)."""
     while key.startswith(("module.", "_orig_mod.")):
         key = key.partition(".")[2]
     return key

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from utils.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint
 from utils.errors import InputError
 from utils.staged_files import full_disk_reported
 

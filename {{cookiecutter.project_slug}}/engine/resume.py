@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from config_schema import validate
 from utils.errors import InputError
 
 # Keys read afresh from the config: changing them on resume just works.
@@ -38,11 +37,9 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Dotted key -> (saved value, new value) for every key whose value differs."""
-    try:
-        saved = validate(saved)  # defaults filled in, as in `current`
-    except InputError:
-        pass  # saved by an older schema: compare what is there
+    """Dotted key -> (saved value, new value) for every key whose value differs. Give both with
+    their defaults filled in (config_schema.normalized), so that a default is not a change:
+    ConfigParser.changes_from does so for a run's config."""
     old, new = flatten(saved), flatten(current)
     missing = object()
     return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())

@@ -1,6 +1,6 @@
 """The part of a trainer that keeps a run's state safe: the agreement to stop or save at an
 optimizer step, the NaN check, checkpoints (what is saved and when), the run directory, and
-restoring a checkpoint under the rules of utils/resume.py. BaseTrainer builds on it."""
+restoring a checkpoint under the rules of engine/resume.py. BaseTrainer builds on it."""
 
 import logging
 import signal
@@ -11,9 +11,8 @@ from typing import Any, NoReturn
 
 import torch
 
-from logger.metrics_csv import MetricsCSV
-from utils import distributed
-from utils.checkpoint import (
+from engine import distributed
+from engine.checkpoint import (
     Progress,
     WeightsMismatch,
     load_checkpoint,
@@ -21,12 +20,13 @@ from utils.checkpoint import (
     restore_training_state,
     training_state,
 )
-from utils.device import on_device
+from engine.device import on_device
+from engine.lr_schedule import check_step_budget
+from engine.metric_tracker import MetricTracker
+from engine.resume import apply_changes, capture_hyperparameters, check_changes
+from engine.signals import stop_request
+from logger.metrics_csv import MetricsCSV
 from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted, first_line
-from utils.lr_schedule import check_step_budget
-from utils.resume import apply_changes, capture_hyperparameters, check_changes, config_changes
-from utils.signals import stop_request
-from utils.tracker import MetricTracker
 
 logger = logging.getLogger("trainer")
 
@@ -61,7 +61,7 @@ class CheckpointedRun:
     def check_finite(self, epoch: int, weights: bool = False) -> None:
         """Raise TrainingDiverged if a loss of this epoch was NaN or infinite (and, with
         `weights`, if a weight is), before anything holding such weights is written. Called at
-        least every RECENT_BATCHES batches (utils/tracker.py), at the same batches on every DDP
+        least every RECENT_BATCHES batches (engine/metric_tracker.py), at the same batches on every DDP
         rank; reads the device once (twice with `weights`). The batch named is the earliest of
         any rank; its data are fetched again and checked, to tell bad data from divergence."""
         first = self.train_metrics.first_nonfinite("loss")
@@ -249,7 +249,7 @@ class CheckpointedRun:
 
     def restore(self) -> None:
         """Load the config's checkpoint (`-r`): its weights alone when fine-tuning, else the whole
-        state, with the config's changes applied or refused (utils/resume.py)."""
+        state, with the config's changes applied or refused (engine/resume.py)."""
         path = self.config.resume_path
         if path is None:
             return
@@ -267,7 +267,7 @@ class CheckpointedRun:
                 f"checkpoint '{path}': saved with optimizer '{saved_optimizer}', the config asks for "
                 f"'{self.config['optimizer']['type']}'; resume with the same optimizer, or fine-tune with --fine-tune"
             )
-        changes = config_changes(checkpoint["config"], self.config.config)
+        changes = self.config.changes_from(checkpoint["config"])
         scheduler_type = self.config["lr_scheduler"]["type"] if self.config["lr_scheduler"] else None
         check_changes(changes, scheduler_type, path)
         load_weights(self.raw_model, checkpoint, arch, path)

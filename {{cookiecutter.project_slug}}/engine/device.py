@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils import distributed
+from engine import distributed
 from utils.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def on_device(batches: Iterable[Any], loader: Any, device: torch.device, epoch: 
 
 def keep_on_device(loader: Any, device: torch.device) -> None:
     """Let `loader` serve its batches from the device when it can (BaseDataLoader's in-memory
-    datasets: see base/base_data_loader.py); other loaders are left as they are."""
+    datasets: see engine/batches.py); other loaders are left as they are."""
     if hasattr(loader, "keep_on"):
         loader.keep_on(device)
 

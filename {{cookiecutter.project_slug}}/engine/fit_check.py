@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.device import move_to, on_device
+from engine.device import move_to, on_device
 from utils.errors import InputError, first_line, listed
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.lr_schedule import step_scheduler
 from utils.errors import InputError
-from utils.lr_schedule import step_scheduler
 
 
 class OptimizerStep:

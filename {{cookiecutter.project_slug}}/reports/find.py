@@ -1,0 +1,58 @@
+"""Finding runs for report.py: the run folders that paths name (a run folder, or a folder of
+runs), the folder where a config's runs go, and the sweeps' study folders among them."""
+
+from pathlib import Path
+
+from cli import read_config, with_overrides
+from config_schema import validate
+from utils.errors import InputError, listed
+
+
+def runs_folder(config_path: Path, overrides: list[str]) -> Path:
+    """`<save_dir>/<name>/` of the config file with `-o` overrides: where train.py puts its runs."""
+    config = validate(with_overrides(read_config(config_path), overrides))
+    return Path(config["trainer"]["save_dir"]) / config["name"]
+
+
+def is_study_folder(path: Path) -> bool:
+    """A sweep's study folder: `study.db` beside the trials' run folders."""
+    return (path / "study.db").is_file()
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """The run folders that `paths` name: a run folder itself, or the run folders directly in a
+    folder (in name order). Anything else is an InputError naming the path."""
+    found: list[Path] = []
+    for path in paths:
+        if is_run_folder(path):
+            found.append(path)
+            continue
+        if not path.exists():
+            raise InputError(f"'{path}': no such run or folder")
+        if not path.is_dir():
+            raise InputError(f"'{path}': a file, not a run folder (one holding config.json) or a folder of runs")
+        runs = sorted(child for child in path.iterdir() if is_run_folder(child))
+        if not runs:
+            raise InputError(f"'{path}': not a run folder (no config.json) and holds no run folders"
+                             + studies_hint(path))
+        found.extend(runs)
+    unique = {folder.resolve(): folder for folder in reversed(found)}  # a run named twice counts once
+    return [folder for folder in found if unique[folder.resolve()] is folder]
+
+
+def studies_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(child for child in folder.iterdir() if child.is_dir() and is_study_folder(child))
+
+
+def studies_hint(folder: Path) -> str:
+    """For a message about `folder`: the study folders it holds, and how to report one."""
+    studies = studies_in(folder)
+    if not studies:
+        return ""
+    return f"; it holds the studies {listed([s.name for s in studies])}: report one with python report.py {studies[0]}"
