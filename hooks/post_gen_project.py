@@ -26,7 +26,7 @@ REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
     (not TENSORBOARD, ("logger/visualization.py",)),
     (TENSORBOARD, ("logger/__init__.no_tensorboard.py",)),
     (not GITHUB_ACTIONS, (".github",)),
-    (not SWEEPS, ("sweep.py", "sweep.json", "sweeps", "reports/study.py", "tests/test_sweep.py")),
+    (not SWEEPS, ("sweep.py", "sweep.json", "sweeps", "reports/study.py", "tests/test_sweep.py", "docs/sweeps.md")),
     (
         DATASET != "image_folder",
         (
@@ -35,6 +35,7 @@ REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
             "data_loader/__init__.image_folder.py",
             "config_image_folder.json",
             "tests/test_image_folder.py",
+            "docs/images.md",
         ),
     ),
 ]

@@ -30,6 +30,16 @@ EXPECTED_FILES = {
     ".gitignore",
     "LICENSE",
     "README.md",
+    "docs/config.md",
+    "docs/distributed.md",
+    "docs/exit-status.md",
+    "docs/extending.md",
+    "docs/reports.md",
+    "docs/resume.md",
+    "docs/run-directory.md",
+    "docs/speed.md",
+    "docs/sweeps.md",
+    "docs/tests.md",
     "config.json",
     "config_schema.py",
     "cli.py",
@@ -102,6 +112,7 @@ EXPECTED_FILES = {
     "tests/test_config.py",
     "tests/test_convert_checkpoint.py",
     "tests/test_custom_trainer.py",
+    "tests/test_docs.py",
     "tests/test_data.py",
     "tests/test_extending.py",
     "tests/test_fit_check.py",
@@ -119,8 +130,11 @@ EXPECTED_FILES = {
     ".github/workflows/tests.yml",
 }
 
-# What sweeps=no leaves out (README.md and requirements.txt lose their sweep parts).
-SWEEP_FILES = {name for name in EXPECTED_FILES if name.startswith(("sweep", "tests/test_sweep"))} | {"reports/study.py"}
+# What sweeps=no leaves out (README.md, requirements.txt and some docs/ pages lose their sweep parts).
+SWEEP_FILES = {name for name in EXPECTED_FILES if name.startswith(("sweep", "tests/test_sweep"))} | {
+    "reports/study.py",
+    "docs/sweeps.md",
+}
 
 
 def expected_files(answers: dict[str, str]) -> set[str]:
@@ -140,6 +154,7 @@ def expected_files(answers: dict[str, str]) -> set[str]:
             "data_loader/image_files.py",
             "config_mnist.json",
             "tests/test_image_folder.py",
+            "docs/images.md",
         }
     return files
 

@@ -35,8 +35,8 @@ SUITE_VARIANTS = [{}, ALL_NON_DEFAULT]
 CODE_OPTIONS = ("dataset", "tensorboard", "sweeps")
 # What license and github_actions may change; everything else must be the default project's.
 NOT_CODE = {"LICENSE", "README.md", ".cookiecutter.json", ".github/workflows/tests.yml"}
-# The generated tests that read a file of NOT_CODE (the README's config reference).
-TESTS_OF_NOT_CODE = ("tests/test_config.py::test_readme_config_reference_is_the_schema",)
+# The generated tests that read a file of NOT_CODE (the README's links).
+TESTS_OF_NOT_CODE = ("tests/test_docs.py",)
 
 
 def variant_id(answers: dict[str, str]) -> str:
@@ -108,16 +108,19 @@ def test_license_and_workflow_answers_change_no_code(render: Render, rendered: R
 
 
 def test_sweeps_no_only_leaves_the_sweep_out(render: Render, rendered: Render) -> None:
-    """sweeps=no: the default project without sweep.py, sweeps/, sweep.json and their test, byte
-    for byte, and a README and requirements that do not mention them; the README's own test runs."""
+    """sweeps=no: the default project without sweep.py, sweeps/, sweep.json, docs/sweeps.md and their
+    test, byte for byte, and a README, docs and requirements that do not mention them; the
+    generated test of the documents' links runs."""
     project, default = rendered(sweeps="no"), rendered()
-    changed = {"README.md", "requirements.txt", ".cookiecutter.json"}
+    documents = {"README.md", *(name for name in files_of(project) if name.startswith("docs/"))}
+    changed = {*documents, "requirements.txt", ".cookiecutter.json"}
     assert files_of(project) == EXPECTED_FILES - SWEEP_FILES
     for name in sorted(EXPECTED_FILES - SWEEP_FILES - changed):
         assert (project / name).read_bytes() == (default / name).read_bytes(), name
-    for name in ("README.md", "requirements.txt"):
+    for name in sorted({*documents, "requirements.txt"}):
         text = (project / name).read_text().lower()
         assert "sweep" not in text and "optuna" not in text, name
+    for name in ("README.md", "requirements.txt"):
         assert "optuna" in (default / name).read_text().lower(), name
     run_generated_tests(render(sweeps="no"), *TESTS_OF_NOT_CODE)
 

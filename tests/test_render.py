@@ -3,6 +3,7 @@ recorded, the license option."""
 
 import ast
 import json
+from pathlib import Path
 
 import pytest
 
@@ -87,15 +88,21 @@ def tensorboard_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "tensorboard" in line.lower()]
 
 
+def documents(project: Path) -> str:
+    """README.md and every page of docs/, one after another."""
+    return "\n".join(path.read_text() for path in [project / "README.md", *sorted((project / "docs").glob("*.md"))])
+
+
 def test_readme_of_the_default_project_describes_tensorboard(rendered: Render) -> None:
-    readme = (rendered() / "README.md").read_text()
+    project = rendered()
+    readme = (project / "README.md").read_text()
     assert "## TensorBoard" in readme and "tensorboard --logdir saved/" in readme
-    assert len(tensorboard_lines(readme)) >= 8  # run directory, resume, stopping, dry run, ...
+    assert len(tensorboard_lines(documents(project))) >= 8  # run directory, resume, stopping, dry run, ...
 
 
 def test_a_project_without_tensorboard_mentions_it_only_where_it_must(rendered: Render) -> None:
     project = rendered(tensorboard="no")
-    readme = tensorboard_lines((project / "README.md").read_text())
+    readme = tensorboard_lines(documents(project))
     assert [line for line in readme if not line.startswith(TENSORBOARD_ROWS_KEPT)] == []
     assert [line.split("|")[1].strip() for line in readme] == ["`trainer.tensorboard`"]
     assert "accepted for victoresque configs" in readme[0]

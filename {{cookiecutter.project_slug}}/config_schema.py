@@ -1,6 +1,6 @@
 """The one schema of config.json: every key, its type, range, default and meaning.
 
-Validation, command-line overrides and the config reference in README.md all read this
+Validation, command-line overrides and the config reference in docs/config.md all read this
 table, so they cannot disagree. To add a key for your own code, add one `Key` entry below
 (under `trainer` for training options) and read it with `config["trainer"]["your_key"]`.
 """
@@ -263,7 +263,7 @@ def normalized(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def reference_table() -> str:
-    """The Markdown table of every key, as README.md shows it."""
+    """The Markdown table of every key, as docs/config.md shows it."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
 
     def walk(schema: dict[str, Key], prefix: str) -> None:
