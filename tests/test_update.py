@@ -18,8 +18,8 @@ from conftest import TEMPLATE, files_of, render_into
 
 SLUG_DIR = "{{cookiecutter.project_slug}}"
 # An engine file that a template release changes, and the file it adds.
-ENGINE_FILE = "utils/checkpoint.py"
-ADDED_FILE = "utils/added_in_1_1.py"
+ENGINE_FILE = "engine/checkpoint.py"
+ADDED_FILE = "engine/added_in_1_1.py"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Template Test",
     "GIT_AUTHOR_EMAIL": "test@example.invalid",

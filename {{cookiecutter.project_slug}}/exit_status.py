@@ -1,5 +1,5 @@
 """How the entry points (train.py, test.py, ...) end: an exit status that a job script can act
-on, and at most one line on stderr that says why (the statuses: README, Exit status).
+on, and at most one line on stderr that says why (the statuses: docs/exit-status.md).
 
 Under launch.py, which names a folder in OUTCOME_DIR_ENV, every process records its status and
 line there and exits 0; launch.py then prints the line once and ends with the status. torchrun's

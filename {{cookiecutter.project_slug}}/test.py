@@ -55,7 +55,7 @@ def build_test_loader(config: ConfigParser, checkpoint: dict[str, Any]) -> DataL
     if not accepts(loader_class, "training"):
         raise InputError(
             f"data loader '{name}' has no 'training' argument, which test.py needs to load the test split; "
-            f"add training: bool = True to {name}.__init__ (see README: use your own data)"
+            f"add training: bool = True to {name}.__init__ (see docs/extending.md)"
         )
     options: dict[str, Any] = {"training": False}
     for parameter, value in (("shuffle", False), ("validation_split", 0.0)):

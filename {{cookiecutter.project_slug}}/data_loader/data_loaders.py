@@ -2,7 +2,7 @@
 
 To add a dataset, copy this file to `data_loader/<your_data>.py`, rename the class, build your
 `Dataset` in `__init__` and name the class in config.json's `data_loader.type`; any module of
-data_loader/ is searched for it (see README: use your own data and model).
+data_loader/ is searched for it (see docs/extending.md).
 """
 
 from pathlib import Path

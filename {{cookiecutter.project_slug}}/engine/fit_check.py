@@ -124,7 +124,7 @@ class CheckedCall:
             raise InputError(f"config: {self.kind} '{self.__name__}': {exc}") from None
         except Exception as exc:
             hint = ("; a trainer whose model returns several outputs unpacks them in train_step/valid_step "
-                    "(README: Write your own trainer)" if isinstance(output, (tuple, list, dict)) else "")
+                    "(docs/extending.md: Write your own trainer)" if isinstance(output, (tuple, list, dict)) else "")
             raise InputError(
                 f"config: {self.kind} '{self.__name__}' failed on the model's output ({describe(output)}) and target "
                 f"{describe(target, dtype=True)}: {type(exc).__name__}: {first_line(exc)}{hint}"

@@ -21,7 +21,7 @@ from engine.resume import flatten
 from parse_config import read_json
 from utils.errors import InputError
 
-# The keys of sweep.json and of one parameter of its space (the README describes each).
+# The keys of sweep.json and of one parameter of its space (docs/sweeps.md describes each).
 TOP_KEYS = ("study", "direction", "trials", "sampler", "pruner", "heartbeat_interval", "space")
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
               "categorical": ("type", "choices")}

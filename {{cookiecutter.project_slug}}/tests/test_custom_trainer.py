@@ -1,4 +1,4 @@
-"""A trainer written the way the README says: override `train_step` only (here, to add a weight
+"""A trainer written the way docs/extending.md says: override `train_step` only (here, to add a weight
 penalty to the loss). The base's loop keeps its promises for it: SIGTERM in the middle of an
 epoch saves the position, and the resume ends bitwise where an uninterrupted run ends, with
 gradient accumulation on."""

@@ -1,4 +1,4 @@
-"""Adding a dataset or a model as the README says (one class in one file of data_loader/, or a
+"""Adding a dataset or a model as docs/extending.md says (one class in one file of data_loader/, or a
 class in model/model.py, plus the config), then training and evaluating as a user does.
 
 Each test edits a copy of this project in tmp_path and runs `python train.py` / `python test.py`

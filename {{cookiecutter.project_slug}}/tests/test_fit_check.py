@@ -123,7 +123,7 @@ def test_a_metric_that_fails_on_a_structured_output_is_one_line() -> None:
     assert str(refused.value) == (
         "config: metric 'accuracy' failed on the model's output (tuple of 2: Tensor(1, 10), Tensor(1, 4)) and target "
         "Tensor(1,) int64: AttributeError: 'tuple' object has no attribute 'argmax'; a trainer whose model returns "
-        "several outputs unpacks them in train_step/valid_step (README: Write your own trainer)"
+        "several outputs unpacks them in train_step/valid_step (docs/extending.md: Write your own trainer)"
     )
 
 
@@ -137,7 +137,7 @@ def test_a_structured_output_is_one_line_in_a_dry_run_and_trains_with_a_trainer_
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: config: loss 'nll_loss' failed on the model's output (tuple of 2: Tensor(1, 10), "
                           "Tensor(1, 4)) and target Tensor(1,) int64: TypeError: ")
-    assert err.endswith("unpacks them in train_step/valid_step (README: Write your own trainer)\n")
+    assert err.endswith("unpacks them in train_step/valid_step (docs/extending.md: Write your own trainer)\n")
 
     monkeypatch.setattr(train, "Trainer", TwoHeadsTrainer)  # as if trainer/trainer.py held it
     assert train.main(["-c", str(tmp_path / "two_heads.json"), "--run-id", "two-heads"]) == 0
@@ -239,7 +239,7 @@ def test_test_py_names_the_missing_training_argument(
     assert status == 2 and err.count("\n") == 1
     assert err == ("error: data loader 'NoTrainingLoader' has no 'training' argument, which test.py needs to load "
                    "the test split; add training: bool = True to NoTrainingLoader.__init__ "
-                   "(see README: use your own data)\n")
+                   "(see docs/extending.md)\n")
 
     config["data_loader"]["type"] = "OnlyTrainingLoader"  # shuffle and validation_split are not forced on it
     (tmp_path / "only_training.json").write_text(json.dumps(config))
