@@ -24,6 +24,11 @@ from conftest import Render
 pytestmark = pytest.mark.slow
 
 NAME = "Mnist_LeNet"
+# How long after epoch 2's progress bar appears the signal is sent: the bar is drawn before the
+# epoch's first batch, so a short pause lands the signal early in the epoch (the trainer stops at
+# the next optimizer step) on a fast idle machine and on a busy one alike; half a second once
+# outlasted a whole epoch (125 batches of 16) on an idle machine.
+INTO_THE_EPOCH_S = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +172,7 @@ def test_a_signal_to_the_whole_group_stops_cleanly_and_resumes_exactly(
     )
     job.wait_for(f"epoch 2/2 {moment}")
     if moment == "train":
-        time.sleep(0.2)  # into the epoch (125 batches, about half a second): workers running, batches in flight
+        time.sleep(INTO_THE_EPOCH_S)
     job.signal_group(number)  # the training process and every worker process
     saved = assert_clean_stop(job, job.finish(), number, tmp_path / NAME / "stopped")
     if moment == "valid":
@@ -224,7 +229,7 @@ def test_torchrun_stops_on_a_signal_to_any_group_and_resumes_exactly(
         launch_command("-c", str(config), "--run-id", "stopped", "-o", f"data_loader.args.num_workers={workers}"),
     )
     job.wait_for("epoch 2/2 train")
-    time.sleep(0.2)  # into the epoch, whose 63 batches a rank take about half a second
+    time.sleep(INTO_THE_EPOCH_S)
     if target.startswith("job group"):
         job.signal_group(signal.SIGTERM)  # the launcher alone: the ranks are in sessions of their own
     else:
@@ -267,7 +272,7 @@ def test_the_slurm_recipe_passes_the_signal_on_ends_143_and_resumes_when_requeue
     sbatch = ["bash", "slurm/train.sbatch", "-o", f"trainer.save_dir={tmp_path / 'runs'}", "-o", "name=Requeued"]
     job = Job(project, sbatch, env=env)
     job.wait_for("epoch 2/2 train")
-    time.sleep(0.1)  # into the epoch (about 0.6 s long on 2 CPU processes), well before its end
+    time.sleep(INTO_THE_EPOCH_S)
     os.kill(job.process.pid, signal.SIGTERM)  # --signal=B:TERM: the batch shell alone gets it
     run_dir = tmp_path / "runs" / "Requeued" / "job4242"
     status = job.finish()
@@ -321,7 +326,7 @@ def test_own_images_stop_cleanly_on_a_group_sigterm_and_resume_exactly(
     for run_id, options in (("cached", []), ("streamed", streamed)):
         job = Job(project, train_command("-c", "config.json", "--run-id", run_id, *args, *options))
         job.wait_for("epoch 2/2 train")
-        time.sleep(0.5)
+        time.sleep(INTO_THE_EPOCH_S)
         job.signal_group(signal.SIGTERM)
         run_dir = tmp_path / "ImageFolder_CNN" / run_id
         assert_clean_stop(job, job.finish(), signal.SIGTERM, run_dir)
