@@ -17,7 +17,9 @@ import torch
 import test as test_script
 import train
 from data_loader import ImageFolderDataLoader, image_files
-from data_loader.image_folder import batch_seed, random_shift
+from data_loader.image_folder import batch_seed, labelled_files, random_shift
+from engine.checkpoint import upgrade
+from engine.device import on_device
 from parse_config import ConfigParser
 from utils.errors import InputError, TrainingInterrupted
 
@@ -90,11 +92,31 @@ def test_test_py_evaluates_with_the_checkpoints_classes(
     assert result["val_accuracy"] == 1.0  # only right with cyan labelled 2
     assert parser.run_dir is not None
     checkpoint_path = parser.run_dir / "latest.pth"
-    assert torch.load(checkpoint_path, weights_only=True)["classes"] == ["amber", "blue", "cyan"]
+    saved = torch.load(checkpoint_path, weights_only=True)
+    assert saved["classes"] == ["amber", "blue", "cyan"]
+    assert saved["preprocessing"] == {"channels": 3, "resize": "stretch", "resize_size": 8, "crop_size": None,
+                                      "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
     shutil.rmtree(images / "train")  # test.py takes the mapping from the checkpoint
     assert test_script.main(["-r", str(checkpoint_path)]) == 0
     out = capsys.readouterr().out
     assert "accuracy: 1.000000" in out.splitlines()
+
+
+def test_an_image_file_gives_exactly_the_tensor_that_evaluation_feeds_the_model(images: Path) -> None:
+    loader = ImageFolderDataLoader(str(images), batch_size=4, image_size=6, shuffle=False, training=False)
+    evaluated = torch.cat([batch[0] for batch in on_device(loader, loader, torch.device("cpu"), 1)])
+    paths = [path for path, _ in labelled_files(images / "test", loader.classes)[1]]  # the dataset's order
+    read = torch.cat([ImageFolderDataLoader.read_inputs(path, loader.preprocessing()) for path in paths])
+    assert read.shape == (10, 3, 6, 6) and torch.equal(read, evaluated)
+    assert ImageFolderDataLoader.read_inputs(images / "notes.txt", loader.preprocessing()) is None
+
+
+def test_a_version_4_checkpoint_gets_the_preprocessing_the_loader_had_then() -> None:
+    config = {"data_loader": {"type": "ImageFolderDataLoader", "args": {"data_dir": "data/", "image_size": 48}}}
+    old = {"format_version": 4, "arch": "ImageClassifier", "epoch": 1, "state_dict": {}, "config": config,
+           "classes": ["cat", "dog"]}
+    assert upgrade(old)["preprocessing"] == {"channels": 3, "resize": "stretch", "resize_size": 48, "crop_size": None,
+                                             "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
 
 
 def test_a_class_in_val_that_train_lacks_is_refused_in_one_line(
