@@ -54,6 +54,11 @@ EXPECTED_FILES = {
     "requirements-dev.txt",
     "test.py",
     "train.py",
+    "predict.py",
+    "inference/__init__.py",
+    "inference/inputs.py",
+    "inference/predictions.py",
+    "inference/trained_model.py",
     "report.py",
     "reports/__init__.py",
     "reports/find.py",
@@ -129,6 +134,7 @@ EXPECTED_FILES = {
     "tests/test_scaling.py",
     "tests/test_sweep.py",
     "tests/test_training.py",
+    "tests/test_predict.py",
     ".github/workflows/tests.yml",
 }
 

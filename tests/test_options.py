@@ -5,8 +5,10 @@ set of answers whose code differs: the default, `dataset=image_folder`, `tensorb
 all non-defaults together. `license` and `github_actions` change only LICENSE, README.md and
 .github/ (checked byte for byte), so their code is the default's; the generated tests that
 read README.md run for them. A project generated with `dataset=image_folder` trains on a
-folder of real PNG digits and test.py evaluates it."""
+folder of real PNG digits, test.py evaluates it, and predict.py's predictions on the same images
+have test.py's accuracy."""
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +158,14 @@ def test_image_folder_project_trains_on_png_folders_and_evaluates(
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     accuracy = float(next(line for line in evaluated.stdout.splitlines() if line.startswith("accuracy: ")).split()[1])
     assert abs(accuracy - float(best["val_accuracy"])) < 1e-6  # without a test folder, test.py evaluates val
+
+    # predict.py over the same images, each class read from its folder: test.py's accuracy
+    predictions = tmp_path / "predictions.csv"
+    checkpoint = str(run_dir / "model_best.pth")
+    predicted = run_python(project, "predict.py", "-r", checkpoint, str(png_digits / "val"), "--out", str(predictions))
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    with predictions.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 300 and {row["class"] for row in rows} <= {str(digit) for digit in range(10)}
+    right = sum(row["class"] == Path(row["path"]).parent.name for row in rows)
+    assert abs(right / len(rows) - accuracy) < 1e-6

@@ -5,21 +5,19 @@ import exit_status  # first: a Ctrl-C while torch is imported (seconds), or late
 # isort: split
 import logging
 import sys
-from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
-import data_loader as module_data
 import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
 from cli import command_line_parser, config_from_args
 from engine.checkpoint import load_checkpoint, load_weights
 from engine.device import setup_device
-from engine.fit_check import accepts, check_trainer_fits_data
+from engine.fit_check import check_trainer_fits_data
+from inference.trained_model import evaluation_loader
 from logger import setup_logging
-from parse_config import ConfigParser, lookup
+from parse_config import ConfigParser
 from trainer import Trainer
 from utils import InputError
 
@@ -34,7 +32,7 @@ def evaluate(config: ConfigParser) -> dict[str, float]:
     checkpoint = load_checkpoint(config.resume_path)
     setup_logging(config["trainer"]["verbosity"])
     device, _ = setup_device(config["n_gpu"], config["trainer"]["deterministic"])
-    data_loader = build_test_loader(config, checkpoint)
+    data_loader = evaluation_loader(config, checkpoint)
     model = config.init_obj("arch", module_arch, torch.nn.Module)
     load_weights(model, checkpoint, config["arch"]["type"], config.resume_path)
     model.to(device).eval()
@@ -44,26 +42,6 @@ def evaluate(config: ConfigParser) -> dict[str, float]:
                       data_loader=data_loader)
     check_trainer_fits_data(trainer)
     return trainer.evaluate(data_loader)
-
-
-def build_test_loader(config: ConfigParser, checkpoint: dict[str, Any]) -> DataLoader:
-    """The config's data loader over the test split (`training=False`), unshuffled, without a
-    validation split where the loader has those arguments, and labelled with the checkpoint's
-    classes where both the checkpoint and the loader have them."""
-    name = config["data_loader"]["type"]
-    loader_class = lookup(module_data, name, "data_loader.type", DataLoader)
-    if not accepts(loader_class, "training"):
-        raise InputError(
-            f"data loader '{name}' has no 'training' argument, which test.py needs to load the test split; "
-            f"add training: bool = True to {name}.__init__ (see docs/extending.md)"
-        )
-    options: dict[str, Any] = {"training": False}
-    for parameter, value in (("shuffle", False), ("validation_split", 0.0)):
-        if accepts(loader_class, parameter):
-            options[parameter] = value
-    if checkpoint.get("classes") is not None and accepts(loader_class, "classes"):
-        options["classes"] = checkpoint["classes"]
-    return config.init_obj("data_loader", module_data, DataLoader, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

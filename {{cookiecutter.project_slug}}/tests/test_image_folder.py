@@ -3,6 +3,7 @@ mapping, the training one, labels train/, val/ and test/, and travels in the che
 are decoded once into a cache that follows every change of the files; training batches are
 shifted by draws that depend only on (seed, epoch, batch)."""
 
+import csv
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import predict
 import test as test_script
 import train
 from data_loader import ImageFolderDataLoader, image_files
@@ -84,7 +86,7 @@ def test_val_and_test_are_labelled_with_the_classes_of_train(images: Path) -> No
     assert sorted(set(given.dataset.targets)) == [0, 2]  # type: ignore[attr-defined]
 
 
-def test_test_py_evaluates_with_the_checkpoints_classes(
+def test_test_py_and_predict_py_use_the_checkpoints_classes(
     images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = ConfigParser(image_config(images, tmp_path / "saved", epochs=4), run_id="run")
@@ -100,6 +102,11 @@ def test_test_py_evaluates_with_the_checkpoints_classes(
     assert test_script.main(["-r", str(checkpoint_path)]) == 0
     out = capsys.readouterr().out
     assert "accuracy: 1.000000" in out.splitlines()
+    # predict.py names the checkpoint's classes, and is right where test.py is
+    assert predict.main(["-r", str(checkpoint_path), str(images / "test"), "--out", "p.csv", "--top-k", "2"]) == 0
+    rows = list(csv.DictReader(Path("p.csv").open()))
+    assert len(rows) == 10 and all(row["class"] == Path(row["path"]).parent.name for row in rows)
+    assert {row["class_2"] for row in rows} <= {"amber", "blue", "cyan"}
 
 
 def test_an_image_file_gives_exactly_the_tensor_that_evaluation_feeds_the_model(images: Path) -> None:
