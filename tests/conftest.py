@@ -52,9 +52,12 @@ EXPECTED_FILES = {
     "slurm/train.sbatch",
     "requirements.txt",
     "requirements-dev.txt",
+    "requirements-export.txt",
     "test.py",
     "train.py",
     "predict.py",
+    "export.py",
+    "inference/exporting.py",
     "inference/__init__.py",
     "inference/inputs.py",
     "inference/predictions.py",
@@ -135,6 +138,7 @@ EXPECTED_FILES = {
     "tests/test_sweep.py",
     "tests/test_training.py",
     "tests/test_predict.py",
+    "tests/test_export.py",
     ".github/workflows/tests.yml",
 }
 

@@ -27,7 +27,19 @@ LAYERS: list[tuple[str, ...]] = [
     ("data_loader", "model"),  # the user's data and model
     ("trainer",),  # the user's training step
     # entry points, and the packages of their work
-    ("train", "test", "predict", "launch", "sweep", "report", "convert_checkpoint", "sweeps", "reports", "inference"),
+    (
+        "train",
+        "test",
+        "predict",
+        "export",
+        "launch",
+        "sweep",
+        "report",
+        "convert_checkpoint",
+        "sweeps",
+        "reports",
+        "inference",
+    ),
 ]
 LAYER_OF = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 PROJECTS = [pytest.param({}, id="defaults"), pytest.param(ALL_NON_DEFAULT, id="non-defaults")]

@@ -5,10 +5,11 @@ set of answers whose code differs: the default, `dataset=image_folder`, `tensorb
 all non-defaults together. `license` and `github_actions` change only LICENSE, README.md and
 .github/ (checked byte for byte), so their code is the default's; the generated tests that
 read README.md run for them. A project generated with `dataset=image_folder` trains on a
-folder of real PNG digits, test.py evaluates it, and predict.py's predictions on the same images
-have test.py's accuracy."""
+folder of real PNG digits, test.py evaluates it, predict.py's predictions on the same images
+have test.py's accuracy, and export.py writes ONNX and .pt2 files checked against the model."""
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,13 @@ def test_image_folder_project_trains_on_png_folders_and_evaluates(
     assert len(rows) == 300 and {row["class"] for row in rows} <= {str(digit) for digit in range(10)}
     right = sum(row["class"] == Path(row["path"]).parent.name for row in rows)
     assert abs(right / len(rows) - accuracy) < 1e-6
+
+    # export.py checks each export on the val/ images against the model before it writes it
+    for fmt in ("onnx", "pt2"):
+        out = tmp_path / f"model.{fmt}"
+        exported = run_python(project, "export.py", "-r", checkpoint, "--format", fmt, "--out", str(out), *common)
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        assert "on batches of 1 and 8 inputs of the test split (ImageFolderDataLoader)" in exported.stdout
+        described = json.loads(out.with_name(f"model.{fmt}.json").read_text())
+        assert described["input"]["shape"] == ["batch", 3, 32, 32] and described["classes"] == list("0123456789")
+        assert out.stat().st_size > 10_000 and described["verified"]["max_difference"] <= 1e-4

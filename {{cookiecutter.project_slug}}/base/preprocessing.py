@@ -89,9 +89,9 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """The description as plain data (lists, numbers, strings), for checkpoints and JSON."""
-        described = asdict(self)
-        described.update(mean=list(self.mean), std=list(self.std))
-        return described
+        order = ("channels", "resize", "resize_size", "crop_size", "interpolation", "mean", "std")
+        described = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        return {key: described[key] for key in order}
 
     @property
     def input_size(self) -> tuple[int, int, int]:

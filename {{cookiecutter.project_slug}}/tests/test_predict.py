@@ -2,35 +2,23 @@
 evaluation would have made them; every mistake is one line, status 2, and nothing written."""
 
 import csv
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from conftest import MNIST_CONFIG, PROJECT_ROOT, call_main, synthetic_digits, write_idx
+from conftest import Echo, call_main, edited_checkpoint, files_under, synthetic_digits, write_idx
 
 import model.model as module_arch
 import predict
 import test as test_script
-import train
-from parse_config import ConfigParser
 
 DIGITS = 12
 
 
-@pytest.fixture(scope="module")
-def checkpoint(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LeNet trained for one epoch on the synthetic digits."""
-    config = json.loads((PROJECT_ROOT / MNIST_CONFIG).read_text())
-    config["n_gpu"] = 0
-    config["data_loader"]["args"].update(data_dir=str(mnist_dir), batch_size=32)
-    config["trainer"].update(epochs=1, save_dir=str(tmp_path_factory.mktemp("runs")), verbosity=0)
-    parser = ConfigParser(config, run_id="predict")
-    train.train(parser)
-    assert parser.run_dir is not None
-    return parser.run_dir / "latest.pth"
+@pytest.fixture
+def checkpoint(mnist_checkpoint: Path) -> Path:
+    return mnist_checkpoint
 
 
 @pytest.fixture
@@ -52,10 +40,6 @@ def digits(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
 def read_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as file:
         return list(csv.DictReader(file))
-
-
-def files_under(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
 def test_png_digits_get_the_predictions_of_the_same_digits_in_an_idx_file(
@@ -125,21 +109,6 @@ def test_with_skip_unreadable_a_broken_image_is_skipped_and_counted(
     assert out.splitlines()[-1] == (f"wrote {tmp_path / 'p.csv'}: {DIGITS} predictions from {DIGITS + 2} files (1 file "
                                     f"skipped: not inputs of this model; 1 unreadable skipped, the first "
                                     f"{pngs / 'broken.png'})")
-
-
-class Echo(torch.nn.Module):
-    """Not a classifier: returns its input."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-def edited_checkpoint(checkpoint: Path, path: Path, **changes: Any) -> None:
-    saved = torch.load(checkpoint, weights_only=True)
-    saved.update(changes)
-    if "arch" in changes:
-        saved["config"]["arch"] = {"type": changes["arch"], "args": {}}
-    torch.save(saved, path)
 
 
 BAD_INPUTS = [
