@@ -64,6 +64,7 @@ EXPECTED_FILES = {
     "inference/trained_model.py",
     "report.py",
     "reports/__init__.py",
+    "reports/evaluation.py",
     "reports/find.py",
     "reports/output.py",
     "reports/plot.py",
@@ -139,6 +140,7 @@ EXPECTED_FILES = {
     "tests/test_training.py",
     "tests/test_predict.py",
     "tests/test_export.py",
+    "tests/test_evaluation_report.py",
     ".github/workflows/tests.yml",
 }
 

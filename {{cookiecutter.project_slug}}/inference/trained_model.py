@@ -36,10 +36,15 @@ class TrainedModel:
     checkpoint: dict[str, Any]
 
     def class_names(self, count: int) -> list[str]:
-        """The names of a model's `count` outputs: the checkpoint's classes, and the label
-        numbers of any output beyond them."""
-        known = self.classes or []
-        return [known[index] if index < len(known) else str(index) for index in range(count)]
+        """The names of the model's `count` outputs (`class_names`)."""
+        return class_names(self.classes, count)
+
+
+def class_names(classes: list[str] | None, count: int) -> list[str]:
+    """The names of a model's `count` outputs: `classes` (a checkpoint's), and the label numbers
+    of any output beyond them."""
+    known = classes or []
+    return [known[index] if index < len(known) else str(index) for index in range(count)]
 
 
 def load_trained_model(config: ConfigParser, device: torch.device, tool: str) -> TrainedModel:

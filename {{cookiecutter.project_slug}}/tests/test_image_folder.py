@@ -99,9 +99,11 @@ def test_test_py_and_predict_py_use_the_checkpoints_classes(
     assert saved["preprocessing"] == {"channels": 3, "resize": "stretch", "resize_size": 8, "crop_size": None,
                                       "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
     shutil.rmtree(images / "train")  # test.py takes the mapping from the checkpoint
-    assert test_script.main(["-r", str(checkpoint_path)]) == 0
+    assert test_script.main(["-r", str(checkpoint_path), "--report", "report"]) == 0
     out = capsys.readouterr().out
     assert "accuracy: 1.000000" in out.splitlines()
+    assert Path("report/confusion_matrix.csv").read_text().splitlines() == [
+        "true \\ predicted,amber,blue,cyan", "amber,5,0,0", "blue,0,0,0", "cyan,0,0,5"]
     # predict.py names the checkpoint's classes, and is right where test.py is
     assert predict.main(["-r", str(checkpoint_path), str(images / "test"), "--out", "p.csv", "--top-k", "2"]) == 0
     rows = list(csv.DictReader(Path("p.csv").open()))
