@@ -77,9 +77,14 @@ def test_variant_renders_the_exact_files_and_lints(rendered: Render, answers: di
         steps = parsed["jobs"]["tests"]["steps"]
         assert any(step.get("run") == "pytest" for step in steps) and parsed[True] is not None  # `on:` is YAML's True
         setup = next(step["with"] for step in steps if step.get("uses", "").startswith("actions/setup-python@"))
-        assert setup["cache"] == "pip"  # keyed on both requirements files
-        assert setup["cache-dependency-path"].split() == ["requirements.txt", "requirements-dev.txt"]
+        assert setup["cache"] == "pip"  # keyed on every requirements file
+        keys = ["requirements.txt", "requirements-export.txt", "requirements-dev.txt"]
+        assert setup["cache-dependency-path"].split() == keys
     requirements = (project / "requirements.txt").read_text()
+    # export.py's ONNX packages: not for every user, but for the tests
+    assert "onnx" not in requirements and "-r requirements-export.txt" in (project / "requirements-dev.txt").read_text()
+    exporting = (project / "requirements-export.txt").read_text()
+    assert all(f"\n{name}>=" in exporting for name in ("onnx", "onnxscript", "onnxruntime"))
     assert ("tensorboard" in requirements) == (answers.get("tensorboard", "yes") == "yes")
     assert ("optuna" in requirements) == (answers.get("sweeps", "yes") == "yes")
     assert "matplotlib>=" in requirements  # report.py's plots, in every variant

@@ -23,6 +23,7 @@ import torch
 from base.preprocessing import Preprocessing
 from cli import config_from_args, refuse_output_overrides, use_parser
 from engine.device import on_device
+from engine.signals import stop_signals_blocked
 from inference.exporting import (
     FORMAT_NAMES,
     FORMATS,
@@ -74,10 +75,11 @@ def export(config: ConfigParser, fmt: str, out: Path | None = None, tolerance: f
     check_scores(scores, len(inputs), trained.arch, "export.py")
     exported = export_model(trained.model, inputs, fmt, tolerance)
     description = describe(trained, exported, out, inputs, scores.shape[1], source)
-    with StagedFiles() as files:  # both or neither
+    with StagedFiles() as files:  # both or neither, also when Ctrl-C comes between the renames
         files.add(exported.data, out)
         files.add((json.dumps(description, indent=2) + "\n").encode("utf-8"), description_file)
-        files.commit()
+        with stop_signals_blocked():
+            files.commit()
     return Written(out, description_file, description)
 
 

@@ -16,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 
 from engine import distributed
+from engine.signals import stop_signals_blocked
 from reports.plot import figure_bytes
 from utils.errors import InputError
 from utils.staged_files import StagedFiles
@@ -145,7 +146,8 @@ def write_report(folder: Path, files: dict[str, bytes]) -> None:
         with StagedFiles() as staged:
             for name, data in files.items():
                 staged.add(data, folder / name)
-            staged.commit()
+            with stop_signals_blocked():  # all or none, also when Ctrl-C comes between the renames
+                staged.commit()
     except BaseException:
         for path in made:  # innermost first
             with contextlib.suppress(OSError):
