@@ -26,7 +26,20 @@ LAYERS: list[tuple[str, ...]] = [
     ("base",),  # the base classes users subclass
     ("data_loader", "model"),  # the user's data and model
     ("trainer",),  # the user's training step
-    ("train", "test", "launch", "sweep", "report", "convert_checkpoint", "sweeps", "reports"),  # entry points
+    # entry points, and the packages of their work
+    (
+        "train",
+        "test",
+        "predict",
+        "export",
+        "launch",
+        "sweep",
+        "report",
+        "convert_checkpoint",
+        "sweeps",
+        "reports",
+        "inference",
+    ),
 ]
 LAYER_OF = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 PROJECTS = [pytest.param({}, id="defaults"), pytest.param(ALL_NON_DEFAULT, id="non-defaults")]

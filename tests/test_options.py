@@ -5,8 +5,11 @@ set of answers whose code differs: the default, `dataset=image_folder`, `tensorb
 all non-defaults together. `license` and `github_actions` change only LICENSE, README.md and
 .github/ (checked byte for byte), so their code is the default's; the generated tests that
 read README.md run for them. A project generated with `dataset=image_folder` trains on a
-folder of real PNG digits and test.py evaluates it."""
+folder of real PNG digits, test.py evaluates it, predict.py's predictions on the same images
+have test.py's accuracy, and export.py writes ONNX and .pt2 files checked against the model."""
 
+import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +77,14 @@ def test_variant_renders_the_exact_files_and_lints(rendered: Render, answers: di
         steps = parsed["jobs"]["tests"]["steps"]
         assert any(step.get("run") == "pytest" for step in steps) and parsed[True] is not None  # `on:` is YAML's True
         setup = next(step["with"] for step in steps if step.get("uses", "").startswith("actions/setup-python@"))
-        assert setup["cache"] == "pip"  # keyed on both requirements files
-        assert setup["cache-dependency-path"].split() == ["requirements.txt", "requirements-dev.txt"]
+        assert setup["cache"] == "pip"  # keyed on every requirements file
+        keys = ["requirements.txt", "requirements-export.txt", "requirements-dev.txt"]
+        assert setup["cache-dependency-path"].split() == keys
     requirements = (project / "requirements.txt").read_text()
+    # export.py's ONNX packages: not for every user, but for the tests
+    assert "onnx" not in requirements and "-r requirements-export.txt" in (project / "requirements-dev.txt").read_text()
+    exporting = (project / "requirements-export.txt").read_text()
+    assert all(f"\n{name}>=" in exporting for name in ("onnx", "onnxscript", "onnxruntime"))
     assert ("tensorboard" in requirements) == (answers.get("tensorboard", "yes") == "yes")
     assert ("optuna" in requirements) == (answers.get("sweeps", "yes") == "yes")
     assert "matplotlib>=" in requirements  # report.py's plots, in every variant
@@ -156,3 +164,24 @@ def test_image_folder_project_trains_on_png_folders_and_evaluates(
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     accuracy = float(next(line for line in evaluated.stdout.splitlines() if line.startswith("accuracy: ")).split()[1])
     assert abs(accuracy - float(best["val_accuracy"])) < 1e-6  # without a test folder, test.py evaluates val
+
+    # predict.py over the same images, each class read from its folder: test.py's accuracy
+    predictions = tmp_path / "predictions.csv"
+    checkpoint = str(run_dir / "model_best.pth")
+    predicted = run_python(project, "predict.py", "-r", checkpoint, str(png_digits / "val"), "--out", str(predictions))
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    with predictions.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 300 and {row["class"] for row in rows} <= {str(digit) for digit in range(10)}
+    right = sum(row["class"] == Path(row["path"]).parent.name for row in rows)
+    assert abs(right / len(rows) - accuracy) < 1e-6
+
+    # export.py checks each export on the val/ images against the model before it writes it
+    for fmt in ("onnx", "pt2"):
+        out = tmp_path / f"model.{fmt}"
+        exported = run_python(project, "export.py", "-r", checkpoint, "--format", fmt, "--out", str(out), *common)
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        assert "on batches of 1 and 8 inputs of the test split (ImageFolderDataLoader)" in exported.stdout
+        described = json.loads(out.with_name(f"model.{fmt}.json").read_text())
+        assert described["input"]["shape"] == ["batch", 3, 32, 32] and described["classes"] == list("0123456789")
+        assert out.stat().st_size > 10_000 and described["verified"]["max_difference"] <= 1e-4

@@ -1,5 +1,5 @@
 """Real training of a rendered project on the 5,000 real MNIST digits, on CPU and on CUDA:
-train, TensorBoard, checkpoints, resume into the same run directory, evaluate."""
+train, TensorBoard, checkpoints, resume into the same run directory, evaluate, predict."""
 
 import csv
 from pathlib import Path
@@ -98,6 +98,27 @@ def check_run(project: Path, run_dir: Path, data_dir: Path, tmp_path: Path, bitw
     results = dict(line.split(": ") for line in evaluated.stdout.splitlines() if ": " in line)
     assert float(results["accuracy"]) >= 0.85 and "loss" in results and "top_k_acc" in results
     assert sorted(tmp_path.rglob("*")) == before  # evaluation creates nothing
+
+    # predict.py on the test split's IDX file: right as often as test.py says
+    raw = data_dir / "MNIST" / "raw"
+    out = tmp_path / "predictions.csv"
+    predicted = run_python(
+        project,
+        "predict.py",
+        "-r",
+        str(run_dir / "model_best.pth"),
+        str(raw / "t10k-images-idx3-ubyte"),
+        "--out",
+        str(out),
+        "-o",
+        "n_gpu=0",
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    labels = (raw / "t10k-labels-idx1-ubyte").read_bytes()[8:]
+    classes = [row["class"] for row in read_metrics_file(out)]
+    assert len(classes) == len(labels) == 1000
+    right = sum(name == str(label) for name, label in zip(classes, labels, strict=True))
+    assert abs(right / len(labels) - float(results["accuracy"])) < 1e-6
 
 
 def test_smoke_train_resume_evaluate_on_cpu(default_project: Path, mnist_sample_dir: Path, tmp_path: Path) -> None:

@@ -95,6 +95,36 @@ def command_line_parser(description: str) -> CommandLineParser:
     return parser
 
 
+def use_parser(description: str, devices: bool = True) -> CommandLineParser:
+    """The options of the scripts that use a trained model (predict.py, export.py): the
+    checkpoint (-r, required), with `devices` the GPUs (-d), and overrides of the checkpoint's
+    config (-o KEY=VALUE, as for train.py and test.py). Each names its output file with --out."""
+    parser = CommandLineParser(description=description)
+    parser.add_argument(
+        "-r", "--resume", required=True, metavar="CHECKPOINT",
+        help=f"the checkpoint to use (it holds the model, its classes and its preprocessing); '{LATEST}': "
+        "latest.pth of the newest run of config.json",
+    )
+    if devices:
+        parser.add_argument(
+            "-d", "--device", type=gpu_indices, help="GPU indices to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)"
+        )
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="set a key of the checkpoint's config, e.g. -o n_gpu=0 (repeatable); the output file is --out",
+    )
+    parser.set_defaults(config=None, device=None)
+    return parser
+
+
+def refuse_output_overrides(overrides: list[str]) -> None:
+    """`-o` sets config keys in every script; one without `=` is most likely an output file
+    meant for `--out` (report.py, predict.py and export.py name theirs so): say so."""
+    for override in overrides:
+        if "=" not in override:
+            raise InputError(f"-o {override}: -o sets a config key as in train.py (KEY=VALUE); the output file "
+                             "is given with --out")
+
 
 def config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | None = None) -> ConfigParser:
     """The run's config from parsed arguments. `-c` alone: that file. `-r` alone: the

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import matplotlib
 
-from cli import CommandLineParser
+from cli import CommandLineParser, refuse_output_overrides
 from reports.find import find_runs, is_run_folder, is_study_folder, runs_folder, studies_hint, studies_in
 from reports.output import check_output, write_files
 from reports.plot import check_metrics, figure_bytes, plot_metrics
@@ -45,10 +45,7 @@ def command_line_parser() -> CommandLineParser:
 
 def report_paths(args: argparse.Namespace) -> list[Path]:
     """The paths to report on: RUN_OR_FOLDER, or the folder where the config puts its runs."""
-    for override in args.override:
-        if "=" not in override:
-            raise InputError(f"-o {override}: -o sets a config key as in train.py (KEY=VALUE); the plot's file "
-                             "is given with --out")
+    refuse_output_overrides(args.override)
     if args.runs:
         if args.config or args.override:
             raise InputError("-c and -o say where a config's runs are: give them without RUN_OR_FOLDER")

@@ -1,40 +1,47 @@
-"""Evaluate a checkpoint on the test split: python test.py -r CHECKPOINT [-c config.json]"""
+"""Evaluate a checkpoint on the test split: python test.py -r CHECKPOINT [-c config.json] [--report DIR]"""
 
 import exit_status  # first: a Ctrl-C while torch is imported (seconds), or later, is one line, not a traceback
 
 # isort: split
 import logging
 import sys
-from typing import Any
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-import data_loader as module_data
 import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
 from cli import command_line_parser, config_from_args
+from engine import distributed
 from engine.checkpoint import load_checkpoint, load_weights
 from engine.device import setup_device
-from engine.fit_check import accepts, check_trainer_fits_data
+from engine.fit_check import check_trainer_fits_data
+from inference.trained_model import class_names, evaluation_loader
 from logger import setup_logging
-from parse_config import ConfigParser, lookup
+from parse_config import ConfigParser
+from reports.evaluation import FILES, ConfusionMatrix, check_report_folder, report_files, write_report
 from trainer import Trainer
 from utils import InputError
+from utils.errors import exit_status_of
 
 logger = logging.getLogger("test")
 
 
-def evaluate(config: ConfigParser) -> dict[str, float]:
+def evaluate(config: ConfigParser, report: Path | None = None) -> dict[str, float]:
     """Loss and every metric of the checkpoint's model on the test split, measured by the
-    trainer's own `valid_step` (sample-weighted averages). Writes nothing."""
+    trainer's own `valid_step` (sample-weighted averages). Writes nothing, or with `report` the
+    files of reports/evaluation.py into that folder: per class precision, recall, F1 and support,
+    the confusion matrix (CSV and PNG) and the metrics (JSON), counted from the same outputs. The
+    folder is checked before evaluating."""
     if config.resume_path is None:
         raise InputError("no checkpoint: give the checkpoint to evaluate with -r")
+    if report is not None:
+        check_report_folder(report)
     checkpoint = load_checkpoint(config.resume_path)
     setup_logging(config["trainer"]["verbosity"])
     device, _ = setup_device(config["n_gpu"], config["trainer"]["deterministic"])
-    data_loader = build_test_loader(config, checkpoint)
+    data_loader = evaluation_loader(config, checkpoint)
     model = config.init_obj("arch", module_arch, torch.nn.Module)
     load_weights(model, checkpoint, config["arch"]["type"], config.resume_path)
     model.to(device).eval()
@@ -43,38 +50,33 @@ def evaluate(config: ConfigParser) -> dict[str, float]:
     trainer = Trainer(model, criterion, metric_fns, None, config=config, device=device, device_ids=[],
                       data_loader=data_loader)
     check_trainer_fits_data(trainer)
-    return trainer.evaluate(data_loader)
-
-
-def build_test_loader(config: ConfigParser, checkpoint: dict[str, Any]) -> DataLoader:
-    """The config's data loader over the test split (`training=False`), unshuffled, without a
-    validation split where the loader has those arguments, and labelled with the checkpoint's
-    classes where both the checkpoint and the loader have them."""
-    name = config["data_loader"]["type"]
-    loader_class = lookup(module_data, name, "data_loader.type", DataLoader)
-    if not accepts(loader_class, "training"):
-        raise InputError(
-            f"data loader '{name}' has no 'training' argument, which test.py needs to load the test split; "
-            f"add training: bool = True to {name}.__init__ (see docs/extending.md)"
-        )
-    options: dict[str, Any] = {"training": False}
-    for parameter, value in (("shuffle", False), ("validation_split", 0.0)):
-        if accepts(loader_class, parameter):
-            options[parameter] = value
-    if checkpoint.get("classes") is not None and accepts(loader_class, "classes"):
-        options["classes"] = checkpoint["classes"]
-    return config.init_obj("data_loader", module_data, DataLoader, **options)
+    matrix = ConfusionMatrix() if report is not None else None
+    results = trainer.evaluate(data_loader, observe=matrix.update if matrix is not None else None)
+    if report is not None and matrix is not None:
+        counts = matrix.result()
+        names = class_names(checkpoint["classes"] or getattr(data_loader, "classes", None), len(counts))
+        if distributed.is_main():
+            write_report(report, report_files(counts, names, results, config.resume_path))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = command_line_parser("Evaluate a checkpoint on the test split.")
+    parser.add_argument("--report", type=Path, metavar="DIR",
+                        help="also write per-class precision, recall, F1 and support, the confusion matrix (CSV, PNG) "
+                        "and the metrics (JSON) into DIR (made if need be)")
     args = parser.parse_args(argv)
     try:
-        results = evaluate(config_from_args(args))
-    except InputError as exc:
-        return exit_status.finish(InputError.EXIT_STATUS, f"error: {exc}")
+        results = evaluate(config_from_args(args), args.report)
+    except Exception as exc:
+        status = exit_status_of(exc)  # InputError 2, a full disk while writing the report 4
+        if status is None:
+            raise  # a bug: its traceback
+        return exit_status.finish(status, f"error: {exc}")
     for key, value in results.items():
         print(f"{key}: {value:.6f}")
+    if args.report is not None:
+        print(f"wrote {', '.join(FILES)} into {args.report}")
     return exit_status.finish(0, "")
 
 

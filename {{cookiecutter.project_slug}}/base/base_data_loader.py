@@ -2,12 +2,14 @@
 batches engine/batches.py serves (an order exact on resume, workers safe from stop signals)."""
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from base.preprocessing import IMAGE_SUFFIXES, Preprocessing, read_image_file
 from engine import distributed
 from engine.batches import EpochBatches, StopSafeDataLoader, epoch_seed, is_plain_tensor_dataset
 from utils.errors import InputError
@@ -28,7 +30,14 @@ class BaseDataLoader(StopSafeDataLoader):
     `set_epoch` before every epoch (with the samples already trained, for a resumed one). The
     generator of worker seeds is reseeded every epoch too, so random augmentations in worker
     processes also depend only on (seed, epoch).
+
+    What a checkpoint keeps of the loader, so that the model can be used with the file alone
+    (predict.py, export.py; docs/use-the-model.md): `classes`, the class names in label order
+    (None: the labels' numbers name them), and `preprocessing()`, how evaluation turns an input
+    into the model's; `read_inputs` turns a file into those inputs again.
     """
+
+    classes: list[str] | None = None  # class names in label order, where the loader knows them
 
     def __init__(
         self,
@@ -62,6 +71,26 @@ class BaseDataLoader(StopSafeDataLoader):
     @seed.setter
     def seed(self, seed: int) -> None:
         self.batches.seed = seed
+
+    def preprocessing(self) -> dict[str, Any] | None:
+        """How evaluation turns one input into the model's input, as plain data that every
+        checkpoint stores: for images, `Preprocessing(...).to_dict()` (base/preprocessing.py).
+        None (this default): the loader does not say, and predict.py and export.py refuse its
+        checkpoints in one line."""
+        return None
+
+    @classmethod
+    def read_inputs(cls, path: Path, preprocessing: dict[str, Any]) -> torch.Tensor | None:
+        """The model's inputs held by the file at `path`, float32 `(N, ...)`, exactly as
+        evaluation feeds them, for `preprocessing` (what `preprocessing()` returned, read back
+        from a checkpoint); None for a file this loader does not read (predict.py skips and
+        counts it). A file it reads but cannot decode is an InputError naming it. This default
+        reads one image per file (IMAGE_SUFFIXES) with PIL, as the `Preprocessing` says; a
+        loader that decodes its own way, or reads other files, overrides it."""
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            return None
+        described = Preprocessing.from_dict(preprocessing, f"data loader {cls.__name__}")
+        return described.prepare(read_image_file(path, described.channels).unsqueeze(0))
 
     def set_epoch(self, epoch: int, skip: int = 0, samples_done: int | None = None) -> None:
         """Serve the batches of `epoch` not trained yet: all but its first `skip` batches (of

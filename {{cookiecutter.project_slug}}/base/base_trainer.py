@@ -43,6 +43,7 @@ CHECK_EVERY_BATCHES = RECENT_BATCHES
 
 Batch = Any  # what the data loader yields: (data, target), a dict, ... (on the device)
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (loss, output, target)
+Observer = Callable[[Any, Any], None]  # observe(output, target) of each evaluated batch
 
 
 class BaseTrainer(CheckpointedRun):
@@ -258,19 +259,21 @@ class BaseTrainer(CheckpointedRun):
         return self._measure(self.valid_data_loader, f"epoch {epoch}/{self.epochs} valid",
                              stoppable=not distributed.active(), epoch=epoch)
 
-    def evaluate(self, loader: DataLoader) -> dict[str, float]:
+    def evaluate(self, loader: DataLoader, observe: Observer | None = None) -> dict[str, float]:
         """Loss and every metric over `loader` through `valid_step` (sample-weighted averages):
-        what test.py reports. Writes nothing."""
+        what test.py reports. `observe(output, target)` is called with each batch's outputs as
+        well (test.py --report counts its confusion matrix so). Writes nothing."""
         keep_on_device(loader, self.device)
-        result = self._measure(loader, "test", stoppable=False)
+        result = self._measure(loader, "test", stoppable=False, observe=observe)
         assert result is not None
         return result
 
     @torch.no_grad()
-    def _measure(self, loader: DataLoader, description: str, stoppable: bool,
-                 epoch: int = 0) -> dict[str, float] | None:
-        """Run `valid_step` over `loader` and average its metrics; None when `stoppable` and a
-        signal arrived (the batches are then measured again on resume)."""
+    def _measure(self, loader: DataLoader, description: str, stoppable: bool, epoch: int = 0,
+                 observe: Observer | None = None) -> dict[str, float] | None:
+        """Run `valid_step` over `loader` and average its metrics (passing each batch's output and
+        target to `observe` too); None when `stoppable` and a signal arrived (the batches are then
+        measured again on resume)."""
         self.raw_model.eval()
         self.valid_metrics.reset()
         with self._bar(loader, description) as bar:
@@ -283,6 +286,8 @@ class BaseTrainer(CheckpointedRun):
                         return None
                     raise
                 self._update_metrics(self.valid_metrics, loss, output, target)
+                if observe is not None:
+                    observe(output, target)
                 if stoppable and stop_request.signal_number is not None:
                     self.stop_signal = stop_request.signal_number
                     return None

@@ -48,9 +48,18 @@ CACHE_MEMORY_FRACTION = 0.25
 
 
 def read_image(path: Path, size: int) -> torch.Tensor:
-    """The image at `path` as uint8 RGB resized to (3, size, size): torchvision's decoders (PNG,
-    JPEG, WebP, ...), PIL for the formats they cannot read. An InputError naming the file when
-    neither can decode it."""
+    """The image at `path` as uint8 RGB resized to (3, size, size) (`decode_image_file`). An
+    InputError naming the file when it cannot be decoded."""
+    image = decode_image_file(path)
+    if image.shape[-2:] != (size, size):
+        image = functional.resize(image, [size, size], antialias=True)
+    return image
+
+
+def decode_image_file(path: Path) -> torch.Tensor:
+    """The image at `path` as uint8 RGB (3, H, W): torchvision's decoders (PNG, JPEG, WebP, ...),
+    PIL for the formats they cannot read. An InputError naming the file when neither can
+    decode it."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -66,8 +75,6 @@ def read_image(path: Path, size: int) -> torch.Tensor:
         image = _read_with_pil(path)
     if image.dtype != torch.uint8:  # 16-bit PNGs
         image = functional.to_dtype(image, torch.uint8, scale=True)
-    if image.shape[-2:] != (size, size):
-        image = functional.resize(image, [size, size], antialias=True)
     return image
 
 

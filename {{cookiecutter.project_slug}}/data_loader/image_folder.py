@@ -12,7 +12,9 @@ that batches are cut from one tensor in memory (on the GPU when it fits); the ca
 written when training first asks for batches, so that a run refused before then writes none.
 The loader's `device_transform` then turns each batch into normalised floats on the device and,
 for training, shifts (and, with `hflip`, mirrors) its images at random, with draws that depend
-only on (seed, epoch, batch), so that a resumed run sees the very batches of an uninterrupted one."""
+only on (seed, epoch, batch), so that a resumed run sees the very batches of an uninterrupted one.
+Checkpoints keep the evaluation's resizing and normalisation (`preprocessing()`), with which
+`read_inputs` turns an image file into the tensor evaluation feeds the model, for predict.py."""
 
 import hashlib
 from pathlib import Path
@@ -24,7 +26,15 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 
 from base import BaseDataLoader
-from data_loader.image_files import CachedImages, StreamedImages, cached_images, fits_in_memory, read_cache
+from base.preprocessing import Preprocessing
+from data_loader.image_files import (
+    CachedImages,
+    StreamedImages,
+    cached_images,
+    decode_image_file,
+    fits_in_memory,
+    read_cache,
+)
 from engine import distributed
 from utils.errors import InputError, listed
 
@@ -64,6 +74,8 @@ class ImageFolderDataLoader(BaseDataLoader):
         write_cache: bool = True,
     ) -> None:
         check_arguments(image_size=image_size, hflip=hflip, cache_dir=cache_dir, write_cache=write_cache)
+        # what evaluation does to an image: the cache's square resize, then `device_transform`'s normalisation
+        self.image_preprocessing = Preprocessing(channels=3, resize_size=image_size, mean=(MEAN,) * 3, std=(STD,) * 3)
         root = Path(data_dir)
         self.augment, self.hflip, self.padding = training, hflip, max(image_size // 8, 1)
         source = "the model's classes" if classes is not None else "the classes of train/"
@@ -98,13 +110,34 @@ class ImageFolderDataLoader(BaseDataLoader):
         if self.augment:
             seed = batch_seed(self.seed, epoch, index, distributed.rank())
             images = random_shift(images, self.padding, self.hflip, torch.Generator().manual_seed(seed))
-        return [normalise(images), labels]
+        return [self.image_preprocessing.normalise(images), labels]
+
+    def evaluation_transform(self, batch: Batch, epoch: int, index: int) -> Batch:
+        """Validation batches: normalised, not augmented."""
+        images, labels = batch
+        return [self.image_preprocessing.normalise(images), labels]
 
     def split_validation(self) -> DataLoader | None:
         loader = super().split_validation()
         if loader is not None:
-            loader.device_transform = evaluation_transform  # type: ignore[method-assign]
+            loader.device_transform = self.evaluation_transform  # type: ignore[method-assign]
         return loader
+
+    def preprocessing(self) -> dict[str, Any]:
+        return self.image_preprocessing.to_dict()
+
+    @classmethod
+    def read_inputs(cls, path: Path, preprocessing: dict[str, Any]) -> torch.Tensor | None:
+        """An image file of any format the image folders may hold, decoded as the image cache
+        decodes it, then resized and normalised as `preprocessing` says: for a checkpoint of this
+        loader, the very tensor that evaluation feeds the model for that image."""
+        if not path.name.lower().endswith(datasets.folder.IMG_EXTENSIONS):
+            return None
+        described = Preprocessing.from_dict(preprocessing, f"data loader {cls.__name__}")
+        if described.channels != 3:
+            raise InputError(f"data loader {cls.__name__}: decodes RGB images, but the model takes "
+                             f"{described.channels} channel(s)")
+        return described.prepare(decode_image_file(path).unsqueeze(0))
 
 
 def check_arguments(image_size: object, hflip: object, cache_dir: object, write_cache: object) -> None:
@@ -119,17 +152,6 @@ def check_arguments(image_size: object, hflip: object, cache_dir: object, write_
     for key, expected in problems.items():
         if expected is not None:
             raise InputError(f"config: 'data_loader.args.{key}' must be {expected}, got {given[key]!r}")
-
-
-def evaluation_transform(batch: Batch, epoch: int, index: int) -> Batch:
-    """Validation batches: normalised, not augmented."""
-    images, labels = batch
-    return [normalise(images), labels]
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) to float32, each channel's [0, 255] mapped by MEAN and STD."""
-    return images.to(torch.float32).div_(255.0).sub_(MEAN).div_(STD)
 
 
 def batch_seed(*parts: int) -> int:

@@ -53,7 +53,10 @@ def read_idx(path: Path, ndim: int) -> torch.Tensor:
     Read directly rather than through torchvision, whose import alone takes seconds; torchvision
     is only imported to download.
     """
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"MNIST file '{path}' cannot be read ({exc.strerror or exc})") from None
     header = 4 + 4 * ndim
     magic = int.from_bytes(data[:4], "big")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))

@@ -18,8 +18,9 @@ from utils.staged_files import StagedFiles
 # Bump when the layout of the dict changes (and teach `upgrade` the step); a checkpoint newer
 # than this is refused. 1: weights and epoch-level state; 2: the position inside an epoch, RNGs;
 # 3: the class list of image folders, every DDP rank's running metrics, no tensorboard_step;
-# 4: the number of processes that trained, and the position inside an epoch in samples.
-FORMAT_VERSION = 4
+# 4: the number of processes that trained, and the position inside an epoch in samples;
+# 5: the data loader's evaluation `preprocessing` (and its `classes` for any loader that has them).
+FORMAT_VERSION = 5
 REQUIRED_KEYS = ("format_version", "arch", "epoch", "state_dict", "config")
 
 
@@ -165,6 +166,8 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
     if upgraded["format_version"] < 4:
         upgraded["world_size"] = len(upgraded["rng_per_rank"] or [None])
         upgraded["samples_done"] = _samples_done(upgraded)
+    if upgraded["format_version"] < 5:
+        upgraded["preprocessing"] = _preprocessing_before_5(upgraded["config"])
     upgraded["format_version"] = FORMAT_VERSION
     return upgraded
 
@@ -182,6 +185,23 @@ def _samples_done(checkpoint: dict[str, Any]) -> int | None:
     except (KeyError, TypeError):
         return None
     return checkpoint["world_size"] * checkpoint["batches_done"] * batch_size if isinstance(batch_size, int) else None
+
+
+def _preprocessing_before_5(config: Any) -> dict[str, Any] | None:
+    """The evaluation preprocessing of a checkpoint saved before format 5 recorded it: what the
+    template's own two loaders did then (MNIST: grey 28x28 digits normalised by MNIST's mean and
+    std; image folders: RGB squares of `image_size`, mean and std 0.5), by the config's
+    `data_loader`; None for any other loader, which predict.py and export.py then refuse."""
+    try:
+        loader, args = config["data_loader"]["type"], config["data_loader"].get("args", {})
+    except (KeyError, TypeError, AttributeError):
+        return None
+    square = {"resize": "stretch", "crop_size": None, "interpolation": "bilinear"}
+    if loader == "MnistDataLoader":
+        return {"channels": 1, "resize_size": 28, "mean": [0.1307], "std": [0.3081], **square}
+    if loader == "ImageFolderDataLoader" and isinstance(args, dict):
+        return {"channels": 3, "resize_size": args.get("image_size", 32), "mean": [0.5] * 3, "std": [0.5] * 3, **square}
+    return None
 
 
 @dataclass
@@ -218,7 +238,8 @@ def training_state(progress: Progress, model: nn.Module, optimizer: torch.optim.
         "rng_per_rank": distributed.gather(rng) if distributed.active() else None,
         "world_size": distributed.world_size(),
         "data_loader_seed": getattr(loader, "seed", None),
-        "classes": getattr(loader, "classes", None),  # an image folder's class list: test.py labels by it
+        "classes": getattr(loader, "classes", None),  # class names in label order: test.py and predict.py use them
+        "preprocessing": loader.preprocessing() if hasattr(loader, "preprocessing") else None,  # for predict/export
         "config": config,
     }
 

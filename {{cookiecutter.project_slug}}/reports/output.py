@@ -1,13 +1,12 @@
 """The files report.py writes (--csv, --plot): each checked before anything is written, and
 each replaced whole."""
 
-import os
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from utils.errors import InputError
-from utils.staged_files import write_atomic  # the one atomic writer of files
+from utils.staged_files import check_writable_file, write_atomic  # the one atomic writer of files
 
 
 def check_output(path: Path, image: bool = False) -> None:
@@ -16,10 +15,7 @@ def check_output(path: Path, image: bool = False) -> None:
     formats = Figure().canvas.get_supported_filetypes()
     if image and suffix not in formats:
         raise InputError(f"--out '{path}': the file name must end in one of .{', .'.join(sorted(formats))}")
-    if path.is_dir():
-        raise InputError(f"'{path}': a folder; give a file name")
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise InputError(f"'{path}': cannot write in the folder '{path.parent}' (missing or not writable)")
+    check_writable_file(path)
 
 
 def write_files(files: dict[Path, bytes]) -> None:

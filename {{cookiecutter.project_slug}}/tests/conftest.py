@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from parse_config import ConfigParser
 
@@ -51,6 +52,22 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return root
+
+
+@pytest.fixture(scope="session")
+def mnist_checkpoint(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`latest.pth` of a LeNet trained for one epoch on the synthetic digits (CPU), to use as
+    it is (predict.py, export.py, test.py): copy it to change it."""
+    import train
+
+    config = json.loads((PROJECT_ROOT / MNIST_CONFIG).read_text())
+    config["n_gpu"] = 0
+    config["data_loader"]["args"].update(data_dir=str(mnist_dir), batch_size=32)
+    config["trainer"].update(epochs=1, save_dir=str(tmp_path_factory.mktemp("runs")), verbosity=0)
+    parser = ConfigParser(config, run_id="trained")
+    train.train(parser)
+    assert parser.run_dir is not None
+    return parser.run_dir / "latest.pth"
 
 
 @pytest.fixture
@@ -99,3 +116,25 @@ def victoresque_checkpoint(state_dict: dict[str, Any], config: dict[str, Any]) -
         "monitor_best": 0.1,
         "config": parser,
     }
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` with its content: equal before and after, nothing was written."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def edited_checkpoint(checkpoint: Path, path: Path, **changes: Any) -> None:
+    """A copy of `checkpoint` at `path` with `changes` to its keys; a new `arch` is named in its
+    config too."""
+    saved = torch.load(checkpoint, weights_only=True)
+    saved.update(changes)
+    if "arch" in changes:
+        saved["config"]["arch"] = {"type": changes["arch"], "args": {}}
+    torch.save(saved, path)
+
+
+class Echo(torch.nn.Module):
+    """Not a classifier: returns its input (put it in model.model to name it in a config)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x

@@ -143,17 +143,19 @@ CATALOGUE = [
       "arguments",
       lr_scheduler={"type": "OneCycleLR", "args": {"max_lr": 0.01, "total_steps": 5}}),
     c("save-every-minutes-zero", "'trainer.save_every_minutes' must be > 0, got 0", trainer__save_every_minutes=0),
+    # MNIST's classes are the digits its labels use ("0" to "9"), held against the model's outputs
     c("num-classes-below-labels",
-      "config: labels go up to 9 but the model outputs 5 classes, too few for loss 'nll_loss' (arch.args.num_classes?)",
-      "arguments",
+      "config: the data has 10 classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9) but the model outputs 5; set "
+      "'arch.args.num_classes' to 10", "arguments",
       arch__args={"num_classes": 5}),
     Case("num-classes-below-labels-dry-run", "arguments", ("-c", "config.json", "--dry-run"),
-         "config: labels go up to 9 but the model outputs 5 classes", {"arch.args": {"num_classes": 5}}),
+         "config: the data has 10 classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9) but the model outputs 5",
+         {"arch.args": {"num_classes": 5}}),
     Case("top-k-above-classes", "arguments",
          ("-c", "config.json", "-o", "data_loader.args.data_dir=two_classes", "-o", "arch.args.num_classes=2"),
          "config: metric 'top_k_acc': top-k with k=3 needs at least 3 classes, the model outputs 2"),
     Case("test-num-classes-below-labels", "arguments", ("-r", "five_classes.pth"),
-         "config: labels go up to 9 but the model outputs 5 classes", script="test"),
+         "config: the data has 10 classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9) but the model outputs 5", script="test"),
     # The command line
     Case("no-config-no-checkpoint", "cli", (), "no config: give a config file with -c or a checkpoint with -r"),
     Case("unknown-option", "cli", ("-c", "config.json", "--epochs", "3"), "unrecognized arguments: --epochs 3"),

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from data_loader.data_loaders import PREPROCESSING
 from engine import distributed
 from engine.checkpoint import (
     FORMAT_VERSION,
@@ -93,11 +94,15 @@ def test_a_version_2_checkpoint_is_upgraded_in_one_place_and_resumes(make_config
     train.train(ConfigParser(make_config(trainer__epochs=1), run_id="old"))
     latest = tmp_path / "saved" / "Mnist_LeNet" / "old" / "latest.pth"
     state = torch.load(latest, weights_only=True)
-    del state["classes"], state["rng_per_rank"]
+    # format 5: what predict.py and export.py need besides the model
+    assert state["classes"] == [str(digit) for digit in range(10)]
+    assert state["preprocessing"] == PREPROCESSING.to_dict()
+    del state["classes"], state["rng_per_rank"], state["preprocessing"]
     torch.save({**state, "format_version": 2, "tensorboard_step": 1}, latest)
     upgraded = load_checkpoint(latest)
     assert upgraded["format_version"] == FORMAT_VERSION and "tensorboard_step" not in upgraded
     assert upgraded["classes"] is None and upgraded["rng_per_rank"] is None
+    assert upgraded["preprocessing"] == PREPROCESSING.to_dict()  # what the MNIST loader did before format 5
     assert train.main(["-r", str(latest), "-o", "trainer.epochs=2"]) == 0
     assert torch.load(latest, weights_only=True)["epoch"] == 2
 
@@ -112,6 +117,17 @@ def test_a_version_3_checkpoint_gets_its_number_of_processes_and_the_samples_it_
     two = upgrade({**old, "rng_per_rank": [{}, {}]})
     assert (two["world_size"], two["samples_done"], two["format_version"]) == (2, 2 * 5 * 32, FORMAT_VERSION)
     assert upgrade({**old, "config": {"name": "x"}})["samples_done"] is None  # no batch size: counted in batches
+
+
+def test_a_version_4_checkpoint_gets_the_preprocessing_its_loader_had_or_none() -> None:
+    """Format 5 records the data loader's evaluation preprocessing; for older checkpoints
+    `upgrade` derives what the template's own loaders did, and None for any other loader."""
+    config = {"data_loader": {"type": "MnistDataLoader", "args": {"batch_size": 32}}}
+    old = {"format_version": 4, "arch": "MnistModel", "epoch": 1, "state_dict": {}, "config": config, "classes": None}
+    assert upgrade(old)["preprocessing"] == PREPROCESSING.to_dict() and upgrade(old)["classes"] is None
+    mine = {**old, "config": {"data_loader": {"type": "MyLoader", "args": {}}}}
+    assert upgrade(mine)["preprocessing"] is None
+    assert upgrade({**old, "config": {"name": "x"}})["preprocessing"] is None
 
 
 def test_ranks_a_checkpoint_did_not_have_get_random_states_of_their_own(monkeypatch: Any) -> None:

@@ -1,14 +1,19 @@
-"""The data loader: validation split, determinism, the MNIST tensors."""
+"""The data loader: validation split, determinism, the MNIST tensors, and input files turned into
+exactly the tensors that evaluation feeds the model (the preprocessing a checkpoint keeps)."""
 
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
 
 from base import BaseDataLoader
+from base.preprocessing import Preprocessing
 from data_loader import MnistDataLoader
+from data_loader.mnist_files import read_idx
 from utils.errors import InputError
 
 
@@ -78,6 +83,70 @@ def test_images_are_normalised_tensors(mnist_dir: Path) -> None:
     assert data.shape == (8, 1, 28, 28) and data.dtype == torch.float32
     assert target.dtype == torch.int64
     assert -0.5 < data.min().item() < 0 and data.max().item() > 2.5  # (x / 255 - 0.1307) / 0.3081
+
+
+def test_an_idx_file_gives_exactly_the_tensors_that_evaluation_feeds_the_model(mnist_dir: Path) -> None:
+    loader = MnistDataLoader(str(mnist_dir), batch_size=8, shuffle=False, training=False)
+    assert loader.classes == [str(digit) for digit in range(10)]
+    inputs = MnistDataLoader.read_inputs(mnist_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte", loader.preprocessing())
+    assert inputs is not None and torch.equal(inputs, loader.dataset.tensors[0])  # type: ignore[attr-defined]
+    assert MnistDataLoader.read_inputs(mnist_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte",
+                                       loader.preprocessing()) is None  # labels: not an input
+
+
+def test_a_digit_image_is_converted_as_the_training_digits_are(mnist_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    preprocessing = MnistDataLoader(str(mnist_dir), batch_size=8, training=False).preprocessing()
+    digits = read_idx(mnist_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte", ndim=3)[:3].numpy()
+    from_idx = MnistDataLoader.read_inputs(mnist_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte", preprocessing)
+    assert from_idx is not None
+    for index, digit in enumerate(digits):
+        Image.fromarray(digit).save(tmp_path / f"{index}.png")
+        from_png = MnistDataLoader.read_inputs(tmp_path / f"{index}.png", preprocessing)
+        assert from_png is not None and torch.equal(from_png, from_idx[index : index + 1])
+    # a colour photo of another size: grey, 28x28, normalised alike
+    Image.fromarray(np.repeat(np.kron(digits[0], np.ones((3, 3), np.uint8))[:, :, None], 3, axis=2)).save(
+        tmp_path / "big.jpg", quality=95)
+    big = MnistDataLoader.read_inputs(tmp_path / "big.jpg", preprocessing)
+    assert big is not None and big.shape == (1, 1, 28, 28) and big.dtype == torch.float32
+    assert (big - from_idx[:1]).abs().mean() < 0.2  # the same digit, give or take resampling and JPEG
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert MnistDataLoader.read_inputs(tmp_path / "notes.txt", preprocessing) is None
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(InputError, match=r"image .*broken.png cannot be decoded"):
+        MnistDataLoader.read_inputs(tmp_path / "broken.png", preprocessing)
+
+
+def test_a_preprocessing_description_round_trips_and_is_carried_out_as_it_says() -> None:
+    photo = Preprocessing(channels=3, resize="shorter_side", resize_size=36, crop_size=32, interpolation="bicubic",
+                          mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    saved = json.loads(json.dumps(photo.to_dict()))  # plain data, as checkpoints and export files hold it
+    assert Preprocessing.from_dict(saved, "checkpoint 'x.pth'") == photo and photo.input_size == (3, 32, 32)
+    wide = torch.full((1, 3, 40, 80), 255, dtype=torch.uint8)
+    prepared = photo.prepare(wide)  # shorter side 40 -> 36 (80 -> 72), then the centre 32 x 32
+    assert prepared.shape == (1, 3, 32, 32) and prepared.dtype == torch.float32
+    expected = (1 - torch.tensor(photo.mean)) / torch.tensor(photo.std)
+    assert torch.allclose(prepared[0, :, 16, 16], expected)
+    stretched = Preprocessing(channels=1, resize_size=8, mean=(0.5,), std=(0.5,)).prepare(
+        torch.zeros(2, 1, 4, 12, dtype=torch.uint8))
+    assert stretched.shape == (2, 1, 8, 8) and torch.equal(stretched, torch.full_like(stretched, -1.0))
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"channels": 2}, "'channels' must be 1 (grey) or 3 (RGB), got 2"),
+    ({"resize": "fit"}, "'resize' must be one of stretch, shorter_side, got 'fit'"),
+    ({"resize": "shorter_side"}, "'shorter_side' keeps the aspect ratio, so it needs a 'crop_size'"),
+    ({"crop_size": 40}, "'crop_size' must be null or a whole number of pixels up to resize_size, got 40"),
+    ({"std": [0.0]}, "'mean' and 'std' must hold one finite number per channel (1), std above 0"),
+    ({"mean": [0.5, 0.5]}, "'mean' and 'std' must hold one finite number per channel (1)"),
+    ({"size": 28}, "its preprocessing is not an image description of base/preprocessing.py"),
+])
+def test_a_bad_preprocessing_description_is_one_line_naming_the_key(changes: dict[str, Any], message: str) -> None:
+    described = {**Preprocessing(channels=1, resize_size=28, mean=(0.1,), std=(0.3,)).to_dict(), **changes}
+    with pytest.raises(InputError) as refused:
+        Preprocessing.from_dict(described, "checkpoint 'x.pth'")
+    assert str(refused.value).startswith("checkpoint 'x.pth': ") and message in str(refused.value)
 
 
 @pytest.mark.parametrize(("split", "message"), [(1.5, "fraction in"), (400, "count from 0 to 399"), ("x", "number")])

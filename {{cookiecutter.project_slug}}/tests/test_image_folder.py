@@ -3,6 +3,7 @@ mapping, the training one, labels train/, val/ and test/, and travels in the che
 are decoded once into a cache that follows every change of the files; training batches are
 shifted by draws that depend only on (seed, epoch, batch)."""
 
+import csv
 import json
 import os
 import shutil
@@ -14,10 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+import predict
 import test as test_script
 import train
 from data_loader import ImageFolderDataLoader, image_files
-from data_loader.image_folder import batch_seed, random_shift
+from data_loader.image_folder import batch_seed, labelled_files, random_shift
+from engine.checkpoint import upgrade
+from engine.device import on_device
 from parse_config import ConfigParser
 from utils.errors import InputError, TrainingInterrupted
 
@@ -82,7 +86,7 @@ def test_val_and_test_are_labelled_with_the_classes_of_train(images: Path) -> No
     assert sorted(set(given.dataset.targets)) == [0, 2]  # type: ignore[attr-defined]
 
 
-def test_test_py_evaluates_with_the_checkpoints_classes(
+def test_test_py_and_predict_py_use_the_checkpoints_classes(
     images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = ConfigParser(image_config(images, tmp_path / "saved", epochs=4), run_id="run")
@@ -90,11 +94,38 @@ def test_test_py_evaluates_with_the_checkpoints_classes(
     assert result["val_accuracy"] == 1.0  # only right with cyan labelled 2
     assert parser.run_dir is not None
     checkpoint_path = parser.run_dir / "latest.pth"
-    assert torch.load(checkpoint_path, weights_only=True)["classes"] == ["amber", "blue", "cyan"]
+    saved = torch.load(checkpoint_path, weights_only=True)
+    assert saved["classes"] == ["amber", "blue", "cyan"]
+    assert saved["preprocessing"] == {"channels": 3, "resize": "stretch", "resize_size": 8, "crop_size": None,
+                                      "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
     shutil.rmtree(images / "train")  # test.py takes the mapping from the checkpoint
-    assert test_script.main(["-r", str(checkpoint_path)]) == 0
+    assert test_script.main(["-r", str(checkpoint_path), "--report", "report"]) == 0
     out = capsys.readouterr().out
     assert "accuracy: 1.000000" in out.splitlines()
+    assert Path("report/confusion_matrix.csv").read_text().splitlines() == [
+        "true \\ predicted,amber,blue,cyan", "amber,5,0,0", "blue,0,0,0", "cyan,0,0,5"]
+    # predict.py names the checkpoint's classes, and is right where test.py is
+    assert predict.main(["-r", str(checkpoint_path), str(images / "test"), "--out", "p.csv", "--top-k", "2"]) == 0
+    rows = list(csv.DictReader(Path("p.csv").open()))
+    assert len(rows) == 10 and all(row["class"] == Path(row["path"]).parent.name for row in rows)
+    assert {row["class_2"] for row in rows} <= {"amber", "blue", "cyan"}
+
+
+def test_an_image_file_gives_exactly_the_tensor_that_evaluation_feeds_the_model(images: Path) -> None:
+    loader = ImageFolderDataLoader(str(images), batch_size=4, image_size=6, shuffle=False, training=False)
+    evaluated = torch.cat([batch[0] for batch in on_device(loader, loader, torch.device("cpu"), 1)])
+    paths = [path for path, _ in labelled_files(images / "test", loader.classes)[1]]  # the dataset's order
+    read = torch.cat([ImageFolderDataLoader.read_inputs(path, loader.preprocessing()) for path in paths])
+    assert read.shape == (10, 3, 6, 6) and torch.equal(read, evaluated)
+    assert ImageFolderDataLoader.read_inputs(images / "notes.txt", loader.preprocessing()) is None
+
+
+def test_a_version_4_checkpoint_gets_the_preprocessing_the_loader_had_then() -> None:
+    config = {"data_loader": {"type": "ImageFolderDataLoader", "args": {"data_dir": "data/", "image_size": 48}}}
+    old = {"format_version": 4, "arch": "ImageClassifier", "epoch": 1, "state_dict": {}, "config": config,
+           "classes": ["cat", "dog"]}
+    assert upgrade(old)["preprocessing"] == {"channels": 3, "resize": "stretch", "resize_size": 48, "crop_size": None,
+                                             "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
 
 
 def test_a_class_in_val_that_train_lacks_is_refused_in_one_line(

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from utils.errors import DiskFull
+from utils.errors import DiskFull, InputError
 
 FULL = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}
 
@@ -80,6 +80,16 @@ class StagedFiles:
             self._write(data, path)
             return
         self._staged.append((temp, path))
+
+
+def check_writable_file(path: Path, label: str = "") -> None:
+    """Refuse, before any work, a file that cannot be written: `path` a folder, or in a folder
+    that is missing or not writable. An InputError beginning with `label` (e.g. `--out `)."""
+    if path.is_dir():
+        raise InputError(f"{label}'{path}': a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{label}'{path}': cannot write in the folder '{folder}' (missing or not writable)")
 
 
 def write_atomic(data: bytes, path: Path) -> None:
