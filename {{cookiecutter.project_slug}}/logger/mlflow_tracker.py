@@ -34,10 +34,11 @@ DATABASE = "mlflow.db"  # the default store, in trainer.save_dir beside the runs
 ARTIFACT_ROOT = "mlartifacts"  # beside a SQLite store: the artifacts of its runs
 ARTIFACTS = ("config.json", "run_info.json", "metrics.csv")
 CHECKPOINT = "model_best.pth"  # also an artifact with trainer.mlflow.log_checkpoints
-# MLflow's HTTP client retries a request for minutes by default: while we talk to the store,
-# these give up within seconds (a variable the user set wins). What is not sent now is sent later.
+# While we talk to the store (a variable the user set wins): MLflow's HTTP client, which retries a
+# request for minutes by default, gives up within seconds (what is not sent now is sent later),
+# and it prints no links of its own to stdout (the run's log names the run).
 QUICK_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 # MLflow's limits (since 2.8): values are cut to these lengths, batches to these sizes.
 PARAM_LENGTH, TAG_LENGTH, PARAMS_PER_BATCH, METRICS_PER_BATCH = 6000, 8000, 100, 1000
 # Libraries whose log lines about a store that does not answer would repeat at every epoch end.
@@ -167,6 +168,7 @@ class MlflowTracker:
         self.tags: dict[str, str] = {}
         self.parent: Path | None = None
         self.run_id: str | None = None
+        self.experiment_id = ""  # of the run
         self._client: Any = None
         self._described = False  # this process sent the parameters and tags
         self._held: dict[str, set[int]] | None = None  # key -> the steps MLflow holds; None: ask it
@@ -192,8 +194,14 @@ class MlflowTracker:
         self.run_dir, self.tags, self.parent = run_dir, tags, parent
         self.sync(rows)
         if self.run_id is not None:
-            logger.info("MLflow: run %s in %s (experiment '%s'); to look: mlflow ui --backend-store-uri %s",
-                        self.run_id, self.uri, self.experiment, shlex.quote(self.uri))
+            logger.info("MLflow: run %s in %s", self.run_id, self.where())
+
+    def where(self) -> str:
+        """Where to look at the run: its page on a server, else the command that serves the store."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"{self.uri} (experiment '{self.experiment}'); to look: mlflow ui --backend-store-uri " + \
+            shlex.quote(self.uri)
 
     def sync(self, rows: list[dict[str, str]]) -> None:
         """Bring the MLflow run up to date with the run folder: the rows of metrics.csv (`rows`)
@@ -210,7 +218,7 @@ class MlflowTracker:
             if not self._away:
                 self._away = True
                 logger.warning("MLflow: %s does not answer (%s); training goes on, metrics.csv keeps every epoch, "
-                               "and MLflow gets what it missed when it answers again", self.uri, reason(exc))
+                               "and MLflow is sent what it missed once it is back", self.uri, reason(exc))
             return
         if self._away:
             self._away = False
@@ -241,12 +249,13 @@ class MlflowTracker:
             return
         recorded = read_json(self.run_dir / RUN_ID_FILE)
         previous = recorded.get("run_id") if isinstance(recorded, dict) else None
-        if previous and self._is_active(previous):
+        run = self._active_run(previous) if previous else None
+        if run is not None:
             self._held = self._held_steps(previous, rows)
             stale = sorted({step for steps in self._held.values() for step in steps} - epochs(rows))
             if not stale:
                 self.client().update_run(previous, status="RUNNING")
-                self.run_id = previous
+                self.run_id, self.experiment_id = previous, run.info.experiment_id
                 return
             logger.warning("MLflow: run %s holds epochs %s, which this run trains again; a new MLflow run "
                            "mirrors it", previous, ", ".join(map(str, stale)))
@@ -256,15 +265,17 @@ class MlflowTracker:
                         "all its epochs", self.uri, previous)
         self._create_run()
 
-    def _is_active(self, run_id: str) -> bool:
+    def _active_run(self, run_id: str) -> Any:
+        """The store's run `run_id`; None when it has none (or it was deleted)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client().get_run(run_id).info.lifecycle_stage == "active"
+            run = self.client().get_run(run_id)
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return False
+                return None
             raise
+        return run if run.info.lifecycle_stage == "active" else None
 
     def _create_run(self) -> None:
         """A new MLflow run for this folder, its id kept in the folder before anything is sent."""
@@ -276,7 +287,8 @@ class MlflowTracker:
         except Exception:
             client.delete_run(run.info.run_id)  # a run no folder names would never be reopened
             raise
-        self.run_id, self._held, self._described = run.info.run_id, {}, False
+        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+        self._held, self._described = {}, False  # a new run holds nothing yet
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
