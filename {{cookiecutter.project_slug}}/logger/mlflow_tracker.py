@@ -13,6 +13,7 @@ pays for it. logger/epoch_writer.py is the one user of this module.
 """
 
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -353,14 +354,16 @@ class MlflowTracker:
         self._described = True
 
     def _run_tags(self) -> dict[str, str]:
-        """The run folder, the command line and git commit of this invocation (run_info.json's
+        """The run folder, the command line, user and git commit of this invocation (run_info.json's
         newest entry), the branch's origin, and the caller's tags."""
         tags = {"run_dir": str(self.run_dir)}
         entries = read_json(self.run_dir / "run_info.json")
         newest = entries[-1] if isinstance(entries, list) and entries and isinstance(entries[-1], dict) else {}
         if newest.get("argv"):
-            tags["command"] = shlex.join(["python", *newest["argv"]])
+            tags["command"] = shlex.join(newest["argv"])
             tags["mlflow.source.name"] = newest["argv"][0]
+        with contextlib.suppress(Exception):  # no user name known to the OS: no tag
+            tags["mlflow.user"] = getpass.getuser()
         git = newest.get("git")
         if isinstance(git, dict) and git.get("commit"):
             tags["mlflow.source.git.commit"] = git["commit"]
@@ -390,4 +393,5 @@ class MlflowTracker:
 
 
 def epochs(rows: list[dict[str, str]]) -> set[int]:
+    """The epochs of metrics.csv's `rows`."""
     return {int(row["epoch"]) for row in rows}
