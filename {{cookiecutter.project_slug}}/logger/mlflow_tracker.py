@@ -228,7 +228,10 @@ class MlflowTracker:
     def finish(self, rows: list[dict[str, str]], error: BaseException | None, discarded: bool = False) -> None:
         """The process ends: the MLflow run is FINISHED, KILLED (a stop by a signal, to be
         resumed) or FAILED as `error` says, after one more sync (what a store that was away
-        missed, a file that changed last), or deleted when the run folder is (`discarded`)."""
+        missed, a file that changed last), or deleted when the run folder is (`discarded`). A
+        process told to exit at once (a second Ctrl-C) leaves it as it is."""
+        if error is not None and not isinstance(error, Exception):
+            return
         status = "FINISHED" if error is None else "KILLED" if isinstance(error, TrainingInterrupted) else "FAILED"
         if not discarded:
             self.sync(rows)
