@@ -6,6 +6,7 @@ history of the run equals its metrics.csv, one value per epoch.
 
 Kept short: 300 real training digits (240 trained, 60 validated), batch 64, 1-4 epochs."""
 
+import contextlib
 import csv
 import json
 import os
@@ -131,6 +132,16 @@ def assert_mirrors_metrics_csv(server: Server, folder: Path) -> None:
     assert run.info.status == "FINISHED"
 
 
+@contextlib.contextmanager
+def held(job: Job) -> Iterator[None]:
+    """The job's processes stopped (SIGSTOP) for the block, then continued."""
+    job.signal_group(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        job.signal_group(signal.SIGCONT)
+
+
 def test_kill_9_then_the_same_command_resumes_into_the_same_mlflow_run(
     project: Path, digits: Path, server: Server, tmp_path: Path
 ) -> None:
@@ -175,8 +186,9 @@ def test_each_trial_of_a_sweep_is_an_mlflow_run_tagged_with_its_study_and_number
 def test_a_server_that_goes_away_during_a_run_costs_one_warning_and_gets_every_epoch(
     project: Path, digits: Path, server: Server, tmp_path: Path
 ) -> None:
-    """Stopped after epoch 1 reached it; epoch 2's end finds it away (one warning); the run is
-    held (SIGSTOP) while the server starts again, so that epochs 3 and 4 end with it back."""
+    """Stopped once epoch 1 reached it, while the run is held (SIGSTOP), so that epoch 2's end
+    finds it away (one warning); held again while the server starts again, so that epochs 3
+    and 4 end with it back."""
     config = write_config(project, digits, tmp_path, server, epochs=4)
     job = Job(project, train_command("-c", str(config), "--run-id", "away"))
     folder = tmp_path / "saved" / NAME / "away"
@@ -186,13 +198,11 @@ def test_a_server_that_goes_away_during_a_run_costs_one_warning_and_gets_every_e
     while not (folder / "mlflow_run.json").exists() or not client.get_metric_history(mlflow_run_id(folder), "loss"):
         assert time.monotonic() < deadline, "epoch 1 never reached the server"
         time.sleep(0.05)
-    server.stop()
+    with held(job):
+        server.stop()
     job.wait_for("does not answer")
-    job.signal_group(signal.SIGSTOP)
-    try:
+    with held(job):
         problem = server.start()
-    finally:
-        job.signal_group(signal.SIGCONT)
     assert problem == "", problem
     assert job.finish() == 0, job.text()[-3000:]
     output = job.text()
