@@ -141,6 +141,8 @@ def test_mlflow_yes_only_adds_the_tracker(render: Render, rendered: Render) -> N
         assert (project / name).read_bytes() == (default / name).read_bytes(), name
     for name in ("README.md", "config.json", "requirements.txt", "docs/config.md", "docs/run-directory.md"):
         assert "mlflow" in (project / name).read_text().lower(), name
+    without_sweeps = rendered(mlflow="yes", sweeps="no")  # its tracking page names no sweep either
+    assert "sweep" not in (without_sweeps / "docs" / "tracking.md").read_text().lower()
     run_generated_tests(render(mlflow="yes"), *TESTS_OF_NOT_CODE)
 
 
