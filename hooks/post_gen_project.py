@@ -19,6 +19,7 @@ DATASET = "{{ cookiecutter.dataset }}"
 TENSORBOARD = "{{ cookiecutter.tensorboard }}" == "yes"
 GITHUB_ACTIONS = "{{ cookiecutter.github_actions }}" == "yes"
 SWEEPS = "{{ cookiecutter.sweeps }}" == "yes"
+MLFLOW = "{{ cookiecutter.mlflow }}" == "yes"
 
 # (condition, paths relative to the generated project to delete when the condition holds)
 REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
@@ -27,6 +28,7 @@ REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
     (TENSORBOARD, ("logger/__init__.no_tensorboard.py",)),
     (not GITHUB_ACTIONS, (".github",)),
     (not SWEEPS, ("sweep.py", "sweep.json", "sweeps", "reports/study.py", "tests/test_sweep.py", "docs/sweeps.md")),
+    (not MLFLOW, ("logger/mlflow_tracker.py", "tests/test_mlflow.py", "docs/tracking.md")),
     (
         DATASET != "image_folder",
         (

@@ -149,6 +149,8 @@ SWEEP_FILES = {name for name in EXPECTED_FILES if name.startswith(("sweep", "tes
     "reports/study.py",
     "docs/sweeps.md",
 }
+# What mlflow=yes adds (README.md, config.json, requirements.txt and some docs/ pages gain their MLflow parts).
+MLFLOW_FILES = {"logger/mlflow_tracker.py", "tests/test_mlflow.py", "docs/tracking.md"}
 
 
 def expected_files(answers: dict[str, str]) -> set[str]:
@@ -162,6 +164,8 @@ def expected_files(answers: dict[str, str]) -> set[str]:
         files.discard(".github/workflows/tests.yml")
     if answers.get("sweeps") == "no":
         files -= SWEEP_FILES
+    if answers.get("mlflow") == "yes":
+        files |= MLFLOW_FILES
     if answers.get("dataset") == "image_folder":
         files |= {
             "data_loader/image_folder.py",

@@ -1,12 +1,13 @@
 """The option matrix: every value of every option (one at a time, defaults elsewhere) and
 one all-non-default combination renders the exact file set, leaves no Jinja, passes ruff and
 has parseable workflow files. The generated project's own suite runs, offline, once for each
-set of answers whose code differs: the default, `dataset=image_folder`, `tensorboard=no` and
-all non-defaults together. `license` and `github_actions` change only LICENSE, README.md and
-.github/ (checked byte for byte), so their code is the default's; the generated tests that
-read README.md run for them. A project generated with `dataset=image_folder` trains on a
-folder of real PNG digits, test.py evaluates it, predict.py's predictions on the same images
-have test.py's accuracy, and export.py writes ONNX and .pt2 files checked against the model."""
+set of answers whose code differs: the default, and all non-defaults together
+(`dataset=image_folder`, `tensorboard=no`, `sweeps=no`, `mlflow=yes`, ...). `license` and
+`github_actions` change only LICENSE, README.md and .github/ (checked byte for byte), so their
+code is the default's; the generated tests that read README.md run for them. A project
+generated with `dataset=image_folder` trains on a folder of real PNG digits, test.py evaluates
+it, predict.py's predictions on the same images have test.py's accuracy, and export.py writes
+ONNX and .pt2 files checked against the model."""
 
 import csv
 import json
@@ -16,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import DEFAULTS, EXPECTED_FILES, SWEEP_FILES, Render, expected_files, files_of, run_python
+from conftest import DEFAULTS, EXPECTED_FILES, MLFLOW_FILES, SWEEP_FILES, Render, expected_files, files_of, run_python
 
 pytestmark = pytest.mark.slow
 
-OPTIONS = ("dataset", "tensorboard", "github_actions", "license", "sweeps")
+OPTIONS = ("dataset", "tensorboard", "github_actions", "license", "sweeps", "mlflow")
 ONE_AT_A_TIME = [{option: value} for option in OPTIONS for value in DEFAULTS[option][1:]]
 ALL_NON_DEFAULT = {
     "dataset": "image_folder",
@@ -28,14 +29,15 @@ ALL_NON_DEFAULT = {
     "github_actions": "no",
     "license": "none",
     "sweeps": "no",
+    "mlflow": "yes",
 }
 VARIANTS = [*ONE_AT_A_TIME, ALL_NON_DEFAULT]
 # The generated suite runs on the defaults and on every non-default answer together: between
 # them every version of every file whose Python code, configs or requirements an answer changes
-# (the image_folder loader, the TensorBoard-less logger, no sweeps). Single answers are rendered,
+# (the image_folder loader, the TensorBoard-less logger, no sweeps, MLflow). Single answers are rendered,
 # file-checked and linted below; image_folder also trains in test_image_folder_project_... .
 SUITE_VARIANTS = [{}, ALL_NON_DEFAULT]
-CODE_OPTIONS = ("dataset", "tensorboard", "sweeps")
+CODE_OPTIONS = ("dataset", "tensorboard", "sweeps", "mlflow")
 # What license and github_actions may change; everything else must be the default project's.
 NOT_CODE = {"LICENSE", "README.md", ".cookiecutter.json", ".github/workflows/tests.yml"}
 # The generated tests that read a file of NOT_CODE (the README's links).
@@ -87,6 +89,7 @@ def test_variant_renders_the_exact_files_and_lints(rendered: Render, answers: di
     assert all(f"\n{name}>=" in exporting for name in ("onnx", "onnxscript", "onnxruntime"))
     assert ("tensorboard" in requirements) == (answers.get("tensorboard", "yes") == "yes")
     assert ("optuna" in requirements) == (answers.get("sweeps", "yes") == "yes")
+    assert ("mlflow>=" in requirements) == (answers.get("mlflow", "no") == "yes")
     assert "matplotlib>=" in requirements  # report.py's plots, in every variant
     linted = run_python(project, "-m", "ruff", "check", "--no-cache", ".", timeout=120)
     assert linted.returncode == 0, linted.stdout[-3000:]
@@ -131,6 +134,24 @@ def test_sweeps_no_only_leaves_the_sweep_out(render: Render, rendered: Render) -
     for name in ("README.md", "requirements.txt"):
         assert "optuna" in (default / name).read_text().lower(), name
     run_generated_tests(render(sweeps="no"), *TESTS_OF_NOT_CODE)
+
+
+def test_mlflow_yes_only_adds_the_tracker(render: Render, rendered: Render) -> None:
+    """mlflow=yes: the default project plus logger/mlflow_tracker.py, its test and docs/tracking.md;
+    every other file but the documents, config.json and requirements.txt byte for byte the
+    default's (the code knows MLflow by the tracker's file); the generated test of the
+    documents' links runs."""
+    project, default = rendered(mlflow="yes"), rendered()
+    documents = {"README.md", *(name for name in files_of(project) if name.startswith("docs/"))}
+    changed = {*documents, "config.json", "requirements.txt", ".cookiecutter.json"}
+    assert files_of(project) == EXPECTED_FILES | MLFLOW_FILES
+    for name in sorted(EXPECTED_FILES - changed):
+        assert (project / name).read_bytes() == (default / name).read_bytes(), name
+    for name in ("README.md", "config.json", "requirements.txt", "docs/config.md", "docs/run-directory.md"):
+        assert "mlflow" in (project / name).read_text().lower(), name
+    without_sweeps = rendered(mlflow="yes", sweeps="no")  # its tracking page names no sweep either
+    assert "sweep" not in (without_sweeps / "docs" / "tracking.md").read_text().lower()
+    run_generated_tests(render(mlflow="yes"), *TESTS_OF_NOT_CODE)
 
 
 def test_image_folder_project_trains_on_png_folders_and_evaluates(

@@ -118,3 +118,32 @@ def test_a_project_without_tensorboard_mentions_it_only_where_it_must(rendered: 
             line for line in tensorboard_lines((project / name).read_text()) if line.strip() != '"tensorboard": "no"'
         ]  # the recorded answer itself
         assert lines == [], f"{name}: {lines}"
+
+
+def mlflow_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "mlflow" in line.lower()]
+
+
+def test_a_project_without_mlflow_never_names_it(rendered: Render) -> None:
+    """mlflow=no (the default): no MLflow key, requirement or word in the documents and files
+    a user reads; only the recorded answer, and the plain-Python files that look for
+    logger/mlflow_tracker.py, know the option."""
+    project = rendered()
+    assert mlflow_lines(documents(project)) == []
+    assert "mlflow" not in json.loads((project / "config.json").read_text())["trainer"]
+    for name in ("config.json", "requirements.txt", "requirements-dev.txt", ".gitignore", "pyproject.toml"):
+        assert mlflow_lines((project / name).read_text()) == [], name
+    assert [line.strip() for line in mlflow_lines((project / ".cookiecutter.json").read_text())] == ['"mlflow": "no",']
+
+
+def test_an_mlflow_project_describes_tracking_where_a_user_looks(rendered: Render) -> None:
+    project = rendered(mlflow="yes")
+    readme = (project / "README.md").read_text()
+    compare = readme[readme.index("## Compare runs") : readme.index("## Several GPUs")]
+    assert "mlflow ui --backend-store-uri sqlite:///saved/mlflow.db" in compare
+    assert "| [docs/tracking.md](docs/tracking.md) |" in readme
+    config = json.loads((project / "config.json").read_text())["trainer"]["mlflow"]
+    assert config == {"enabled": True, "tracking_uri": None, "experiment": None, "log_checkpoints": False}
+    assert "mlflow>=2.8" in (project / "requirements.txt").read_text().splitlines()
+    assert "`mlflow_run.json`" in (project / "docs" / "run-directory.md").read_text()
+    assert "| `trainer.mlflow.tracking_uri` |" in (project / "docs" / "config.md").read_text()

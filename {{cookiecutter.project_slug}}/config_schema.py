@@ -93,6 +93,31 @@ def _tensorboard_key() -> Key:
                if value else None)
 
 
+# MLflow tracking is the file logger/mlflow_tracker.py: a project generated without it has no such
+# file (and no mlflow requirement), and no `trainer.mlflow` key.
+HAS_MLFLOW = (Path(__file__).resolve().parent / "logger" / "mlflow_tracker.py").is_file()
+
+
+def _mlflow_keys() -> dict[str, Key]:
+    if not HAS_MLFLOW:
+        return {}
+    children = {
+        "enabled": Key((bool,), "track the run in MLflow; false: no MLflow at all (not even its import)",
+                       default=True),
+        "tracking_uri": Key((str, type(None)), "the MLflow store: a server (`http://host:5000`) or a database URI; "
+                            "null: `$MLFLOW_TRACKING_URI`, else the SQLite database `<save_dir>/mlflow.db`",
+                            default=None, check=lambda value: None if value.strip() else "must not be empty"),
+        "experiment": Key((str, type(None)), "the MLflow experiment of new runs; null: the config's `name`",
+                          default=None, check=lambda value: None if 0 < len(value.strip()) <= 500
+                          else "must be 1 to 500 characters"),
+        "log_checkpoints": Key((bool,), "also upload `model_best.pth` to the MLflow run whenever it improves",
+                               default=False),
+    }
+    default = {name: key.default for name, key in children.items()}
+    return {"mlflow": Key((dict,), "MLflow tracking: every run is also an MLflow run, a mirror of its `metrics.csv` "
+                          "(docs/tracking.md)", default=default, children=children)}
+
+
 def _object(doc: str, args: dict[str, Key] | None = None, types: tuple[type, ...] = (dict,),
             default: Any = REQUIRED, extra: dict[str, Key] | None = None) -> Key:
     """A `{"type": ..., "args": {...}}` block that names a class and its keyword arguments;
@@ -162,6 +187,7 @@ SCHEMA: dict[str, Key] = {
         "early_stop": Key((int,), "stop after this many epochs without improvement of the monitored "
                           "metric; 0 never stops early", default=0, check=_at_least(0)),
         "tensorboard": _tensorboard_key(),
+        **_mlflow_keys(),
         "seed": Key((int, type(None)), "seed of every random number generator; null for an unseeded run",
                     default=123),
         "precision": Key((str,), "'fp32', 'bf16' (autocast on CPU and CUDA) or 'fp16' (CUDA only, "

@@ -43,8 +43,8 @@ SHORTCUTS = {"lr": "optimizer.args.lr", "bs": "data_loader.args.batch_size"}
 
 def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     """Build the data loaders, model, loss, metrics, optimizer, scheduler and trainer that the
-    config describes, restored from `-r` when given. Every input mistake surfaces here as an
-    InputError; nothing is written."""
+    config describes, restored from `-r` when given, connected to its experiment tracker (not
+    for a dry run). Every input mistake surfaces here as an InputError; nothing is written."""
     setup_logging(config["trainer"]["verbosity"] if distributed.is_main() else 0)  # other ranks: warnings only
     # after the logging setup: its warnings go to stdout
     device, device_ids = setup_device(config["n_gpu"], config["trainer"]["deterministic"])
@@ -64,6 +64,8 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
                       data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler)
     check_trainer_fits_data(trainer)  # before any run folder exists
     trainer.restore()
+    if not dry_run:
+        trainer.connect_tracker()  # last: the slowest check (seconds), and it writes nothing either
     return trainer
 
 

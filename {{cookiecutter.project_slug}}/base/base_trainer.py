@@ -31,9 +31,9 @@ from engine.metric_tracker import RECENT_BATCHES, MetricTracker
 from engine.monitor import Monitor
 from engine.optimizer_step import OptimizerStep
 from engine.signals import stop_request
-from logger.epoch_writer import EpochWriter
+from logger.epoch_writer import EpochWriter, connect_tracker
 from parse_config import ConfigParser
-from utils.errors import TrainingInterrupted, first_line
+from utils.errors import InputError, TrainingInterrupted, first_line
 
 logger = logging.getLogger("trainer")
 
@@ -89,6 +89,8 @@ class BaseTrainer(CheckpointedRun):
         self.resumed_with = ""  # the config changes a resume applied, for the log
         self.start_note = ""  # what a fine-tuned run starts from, for the log
         self._saver: CheckpointSaver | None = None
+        self.tracker: Any = None  # rank 0's experiment tracker, when `connect_tracker` found one to use
+        self.run_tags: dict[str, str] = {}  # labels of this run for the tracker (a sweep's study and trial)
         self.tracked_from = 0  # the batch of the epoch after which train_metrics started counting
         self.last_step_at = 0  # the batch of the epoch after which the optimizer last stepped
 
@@ -112,6 +114,19 @@ class BaseTrainer(CheckpointedRun):
         and saved. Set `self.stop_requested = True` to end the run after this epoch."""
 
     # ------------------------------------------------------------------ the run
+    def connect_tracker(self) -> None:
+        """Connect rank 0 to the experiment tracker the config asks for, if any, before any run
+        folder exists: a store that does not answer is an InputError on every rank."""
+        error = None
+        if self.is_main:
+            try:
+                self.tracker = connect_tracker(self.config.config)
+            except InputError as exc:
+                error = str(exc)
+        error = distributed.broadcast(error)
+        if error is not None:
+            raise InputError(error)
+
     def train(self) -> dict[str, float]:
         """Train to the last epoch (or an early stop) and return the last epoch's row.
 
@@ -131,20 +146,27 @@ class BaseTrainer(CheckpointedRun):
     def _train_in(self, run_dir: Path) -> dict[str, float]:
         options = self.config["trainer"]
         writer = EpochWriter(run_dir, enabled=self.is_main, tensorboard=options["tensorboard"],
-                             start_epoch=self.start_epoch, verbosity=options["verbosity"])
+                             start_epoch=self.start_epoch, verbosity=options["verbosity"], tracker=self.tracker)
         if self.is_main:
             self._saver = CheckpointSaver(run_dir, options["save_period"], options["keep_last"])
         self._log_start(run_dir)
-        failed = False
+        failed, error = False, None
         try:
+            writer.track(self._tracker_tags(), branched_from=self.config.branched_from)
             return self._epochs(run_dir, writer)
-        except Exception as exc:
-            failed = self._report_failure(exc, run_dir)
+        except BaseException as exc:
+            error = exc
+            failed = isinstance(exc, Exception) and self._report_failure(exc, run_dir)
             raise
         finally:
-            writer.close()
+            writer.close(error, discarded=failed)
             if failed:
                 shutil.rmtree(run_dir, ignore_errors=True)
+
+    def _tracker_tags(self) -> dict[str, str]:
+        """`run_tags`, and for a branch the epoch of the checkpoint it started from."""
+        branch = {"branched_from_epoch": str(self.start_epoch - 1)} if self.config.branched_from else {}
+        return {**branch, **self.run_tags}
 
     def _epochs(self, run_dir: Path, writer: EpochWriter) -> dict[str, float]:
         log: dict[str, float] = {}

@@ -20,6 +20,9 @@ TAKEN_AS_GIVEN = {
     "n_gpu", "data_loader.args.num_workers",  # where it runs and how fast it loads, not what it computes
     "trainer.compile", "trainer.deterministic",
     "metrics",  # what is measured, not what is trained: a new metric becomes a new metrics.csv column
+    # where a tracker mirrors the epochs (a project generated with it)
+    "trainer.mlflow.enabled", "trainer.mlflow.tracking_uri", "trainer.mlflow.experiment",
+    "trainer.mlflow.log_checkpoints",
 }
 # Schedulers that fix their whole schedule when built: their arguments cannot change mid-run.
 FIXED_SCHEDULES = ("OneCycleLR", "CyclicLR", "CosineAnnealingWarmRestarts", "SequentialLR", "ChainedScheduler")

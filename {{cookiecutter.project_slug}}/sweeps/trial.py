@@ -19,7 +19,7 @@ from engine.checkpoint import load_checkpoint
 from engine.resume import check_changes, config_changes
 from parse_config import ConfigParser
 from sweeps.spec import with_values
-from sweeps.study import RUN_DIR, StudyError, storage_errors
+from sweeps.study import RETRY_OF, RUN_DIR, StudyError, storage_errors
 from train import build_trainer
 from trainer import Trainer
 from utils.errors import InputError
@@ -141,6 +141,10 @@ def run_trial(config: ConfigParser, trial: optuna.Trial | None, url: str) -> tup
                 trial.set_user_attr(RUN_DIR, str(config.resume_path.resolve().parent))
             return checkpoint["monitor_best"], False
     trainer = build_trainer(config)
+    if trial is not None:  # for the run's experiment tracker: which study and trial it is
+        trainer.run_tags.update({"sweep.study": trial.study.study_name, "sweep.trial": str(trial.number)})
+        if trial.user_attrs.get(RETRY_OF) is not None:
+            trainer.run_tags["sweep.retry_of"] = str(trial.user_attrs[RETRY_OF])
     reporter = TrialReporter(trial, trainer, url)
     trainer.train()
     return trainer.monitor.best, reporter.pruned

@@ -18,6 +18,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST_CONFIG = "config_mnist.json" if (PROJECT_ROOT / "config_mnist.json").is_file() else "config.json"
 # Whether the project was generated with TensorBoard: only then has it logger/visualization.py.
 TENSORBOARD = (PROJECT_ROOT / "logger" / "visualization.py").is_file()
+# Whether it tracks runs in MLflow: only then has it logger/mlflow_tracker.py (and `trainer.mlflow`).
+MLFLOW = (PROJECT_ROOT / "logger" / "mlflow_tracker.py").is_file()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -73,13 +75,16 @@ def mnist_checkpoint(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture
 def make_config(mnist_dir: Path, tmp_path: Path) -> Callable[..., dict[str, Any]]:
     """The project's own config.json, shrunk for tests: CPU, 2 epochs, batch 32, synthetic
-    data, runs under tmp_path. Keyword arguments `section__key=value` change more."""
+    data, runs under tmp_path, not tracked in MLflow (tests/test_mlflow.py turns it on).
+    Keyword arguments `section__key=value` change more."""
 
     def make(**changes: Any) -> dict[str, Any]:
         config = json.loads((PROJECT_ROOT / MNIST_CONFIG).read_text())
         config["n_gpu"] = 0
         config["data_loader"]["args"].update(data_dir=str(mnist_dir), batch_size=32)
         config["trainer"].update(epochs=2, save_dir=str(tmp_path / "saved"), verbosity=0)
+        if MLFLOW:  # a new SQLite store takes seconds to create: only the tests of tracking pay for it
+            config["trainer"]["mlflow"]["enabled"] = False
         for name, value in changes.items():
             section, _, key = name.partition("__")
             if key:
