@@ -5,6 +5,7 @@ torchrun's report and status 1. Every node of a multi-node run ends with the out
 that resume bitwise under launch.py: tests/test_preemption.py.)"""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 
 from conftest import Render
 from test_ddp import loopback_nodes
-from test_preemption import NAME, Job, launch_command, write_config
+from test_preemption import NAME, Job, launch_command, ranks_of, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -157,3 +158,57 @@ def first_to_print(jobs: list[Job], text: str, timeout: float = 300) -> Job:
             assert job.process.poll() is None, job.text()[-3000:]
         assert time.monotonic() < deadline, f"no {text!r} after {timeout} s"
         time.sleep(0.02)
+
+
+def handles_sigterm(pid: int) -> bool:
+    """Whether process `pid` has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught & 1 << (signal.SIGTERM - 1))
+
+
+def test_a_signal_to_one_process_during_its_start_up_stops_every_process(
+    default_project: Path, mnist_sample_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to rank 1 alone while it still imports torch (as SLURM may signal the processes one by
+    one, a moment apart): rank 1 keeps it until the processes have met, then all stop. A rank that
+    ended at once left rank 0 waiting for it in the process group's start-up for half an hour."""
+    config = one_epoch_config(default_project, mnist_sample_dir, tmp_path)
+    job = Job(default_project, launch_command("-c", str(config), "--run-id", "early"))
+    deadline = time.monotonic() + 120
+    while len(ranks := ranks_of(job.process.pid)) < 2:
+        assert job.process.poll() is None and time.monotonic() < deadline, job.text()[-3000:]
+        time.sleep(0.01)
+    rank_1 = max(ranks)  # the second process started
+    while not handles_sigterm(rank_1):  # until Python runs the script: its first import takes the signals over
+        assert time.monotonic() < deadline, job.text()[-3000:]
+        time.sleep(0.005)
+    os.kill(rank_1, signal.SIGTERM)  # while it imports torch, before the processes meet
+    status = job.process.wait(timeout=120)  # not the process group's 30-minute start-up timeout
+    job.finish()
+    assert_one_line(job, status, 143, "interrupted by signal 15 before training started; nothing was saved")
+    assert not list(tmp_path.rglob("*.pth"))
+
+
+def test_processes_of_a_killed_launcher_save_and_stop(
+    default_project: Path, mnist_sample_dir: Path, tmp_path: Path
+) -> None:
+    """kill -9 to launch.py's process group does not reach the training processes (torchrun starts
+    each in a session of its own): they stop when the launcher dies, saving their position, and
+    the job's command then resumes the run instead of finding it in use by orphans."""
+    config = write_config(default_project, mnist_sample_dir, tmp_path, tmp_path / "config.json")
+    command = launch_command("-c", str(config), "--run-id", "orphans", "--resume-or-start", "-o", "trainer.epochs=50")
+    job = Job(default_project, command)
+    job.wait_for("epoch 2/50 train")
+    ranks = ranks_of(job.process.pid)
+    job.signal_group(signal.SIGKILL)
+    job.finish()
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{rank}").exists() for rank in ranks):
+        assert time.monotonic() < deadline, "the training processes outlived their launcher"
+        time.sleep(0.1)
+    saved = torch.load(tmp_path / NAME / "orphans" / "latest.pth", map_location="cpu", weights_only=True)
+    assert saved["epoch"] >= 1 and "Stopped by SIGTERM" in (tmp_path / NAME / "orphans" / "train.log").read_text()
+    resumed = Job(default_project, launch_command(*command[command.index("-c") :], "-o", "trainer.epochs=3"))
+    assert resumed.finish() == 0, resumed.text()[-3000:]
+    assert "Resuming from" in resumed.text()

@@ -22,8 +22,13 @@ from types import FrameType
 
 OUTCOME_DIR_ENV = "TRAIN_OUTCOME_DIR"  # set by launch.py: the folder its processes record their outcomes in
 LAUNCH_COMMAND_ENV = "TRAIN_LAUNCH_COMMAND"  # set by launch.py: its command, for the line that says how to resume
+LAUNCHER_PID_ENV = "TRAIN_LAUNCHER_PID"  # set by launch.py: its process id (its processes stop when it dies)
 
 _decided = False  # finish() was called: the outcome stands, whatever signal comes now
+# Under torchrun: a SIGINT or SIGTERM that came before main() listened. It is kept, not acted on,
+# until the processes have met (engine/signals.py's listening() takes it over): a process that
+# ended at once would leave the others waiting for it in their start-up for half an hour.
+early_signal: int | None = None
 
 
 def finish(status: int, line: str, show: bool = True) -> int:
@@ -59,10 +64,19 @@ def read_outcomes(folder: Path) -> dict[int, tuple[int, str]]:
     return outcomes
 
 
+def _launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _end_at_once(signal_number: int, frame: FrameType | None) -> None:
     """SIGINT or SIGTERM before main() listens for it: nothing is running that could save, so end
-    now with one line (printed by rank 0 alone under torchrun)."""
+    now with one line. Under torchrun the first one is kept instead (`early_signal`), and acted
+    on by every process together once they have met; a second SIGINT ends at once."""
+    global early_signal
     if _decided:
+        return
+    if _launched_by_torchrun() and early_signal is None:
+        early_signal = signal_number
         return
     line = f"interrupted by signal {signal_number}; nothing was written"
     sys.exit(finish(128 + signal_number, line, show=os.environ.get("RANK", "0") == "0"))
@@ -82,7 +96,36 @@ def _ignore_late_signals() -> None:
         signal.signal(number, signal.SIG_IGN)
 
 
+def _stop_with_the_launcher() -> None:
+    """Under launch.py, on Linux: have the kernel send this process SIGTERM when launch.py dies,
+    however it dies (kill -9 of the job's process group included: torchrun starts its processes
+    in sessions of their own, out of that group), so that training saves its position and stops
+    instead of running on unseen. A launcher already gone by now is the same signal."""
+    if sys.platform != "linux" or not os.environ.get(OUTCOME_DIR_ENV):
+        return
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        return
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if launcher and launcher.isdigit() and os.getppid() != int(launcher):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _writable_std_streams() -> None:
+    """A script started with stdout or stderr closed (`2>&-`) gets them as None: write into
+    nothing rather than fail at the first progress bar or log line."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - for the life of the process
+
+
 if _runs_an_entry_point() and threading.current_thread() is threading.main_thread():
+    _writable_std_streams()
     for _number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_number, _end_at_once)
     atexit.register(_ignore_late_signals)
+    _stop_with_the_launcher()

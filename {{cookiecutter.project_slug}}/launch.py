@@ -18,6 +18,7 @@ waits for the other nodes), it changes nothing.
 """
 
 import argparse
+import logging
 import os
 import shlex
 import signal
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from exit_status import LAUNCH_COMMAND_ENV, OUTCOME_DIR_ENV, read_outcomes
+from exit_status import LAUNCH_COMMAND_ENV, LAUNCHER_PID_ENV, OUTCOME_DIR_ENV, read_outcomes
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -75,10 +76,11 @@ def leave_stop_signals_to(options: argparse.Namespace) -> None:
 
 
 def stopped_by(failure: object, received: list[int]) -> int | None:
-    """The signal (one this launcher passed on) that every failed process died of or exited
-    with 128 + it (a second Ctrl-C, or a signal before a process could listen); None: a crash."""
+    """The stop signal (SIGTERM, SIGINT: one this launcher passed on, or one sent to the processes
+    themselves, as SLURM does) that every failed process died of or exited with 128 + it (a
+    second Ctrl-C, or a signal before a process could listen); None: a crash."""
     codes = [failure_.exitcode for failure_ in failure.failures.values()]  # type: ignore[attr-defined]
-    for number in dict.fromkeys(received):
+    for number in dict.fromkeys([*received, *STOP_SIGNALS]):
         if all(code in (-number, 128 + number) for code in codes):
             return number
     return None
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="launch-") as folder:
         os.environ[OUTCOME_DIR_ENV] = folder
         os.environ[LAUNCH_COMMAND_ENV] = shlex.join(launcher)
+        os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
         failure = run_torchrun(torchrun.run, options, forwarder, Path(folder))
         outcomes = read_outcomes(Path(folder))
     return end(*outcome(failure, outcomes, forwarder.received))
@@ -121,6 +124,14 @@ def run_torchrun(run: Callable[..., object], options: argparse.Namespace, forwar
         # after they ended: torchrun waits for the other nodes' processes, whose launchers have their signal
 
     forwarder.idle = stop_torchrun
+    # torchrun's own words on a stop that this launcher passed on ("Received 15 death signal", or
+    # "failed (exitcode: -15)" for a process the signal reached before it could listen): the one
+    # line launch.py prints says it
+    logging.getLogger("torch.distributed.elastic.agent.server.api").addFilter(
+        lambda record: "death signal" not in str(record.msg))
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(
+        lambda record: not (str(record.msg).startswith("failed (exitcode") and record.args
+                            and record.args[0] in [-number for number in STOP_SIGNALS]))
     try:
         record(run)(options)
     except (ChildFailedError, SignalException) as exc:

@@ -109,7 +109,9 @@ def dry_run(config: ConfigParser) -> dict[str, float]:
     if finished(config):
         return {}
     trainer = build_trainer(config, dry_run=True)
+    stop_if_signalled(trainer.device)
     losses = trainer.dry_run()
+    stop_if_signalled(trainer.device)
     if distributed.is_main():
         print(json.dumps(config.config, indent=4))
         total, trainable = count_parameters(trainer.raw_model)
@@ -119,6 +121,15 @@ def dry_run(config: ConfigParser) -> dict[str, float]:
             "one training batch (no validation data)"
         print(f"dry run passed on {trainer.device}: {ran} ({batches}); nothing written")
     return losses
+
+
+def stop_if_signalled(device: torch.device) -> None:
+    """A dry run does not listen for signals: in one process a SIGINT or SIGTERM ends it at once.
+    Under torchrun the processes keep it (exit_status.early_signal) until here, where they have
+    met and all stop together, with nothing written."""
+    signal_number = distributed.max_across_ranks([exit_status.early_signal or 0], device)[0]
+    if signal_number:
+        raise TrainingInterrupted(signal_number, None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,8 +135,11 @@ class BaseTrainer(CheckpointedRun):
         TrainingDiverged before any checkpoint holds its weights. Under DDP only rank 0 writes
         files; every rank takes the same decisions."""
         with stop_request.listening():
-            if stop_request.signal_number is not None:  # arrived while the run was being built
-                raise TrainingInterrupted(stop_request.signal_number, None)
+            # A signal that came while the run was being built, to any process: every one stops
+            # (a process that stopped alone would leave the others waiting for it).
+            signal_number = distributed.max_across_ranks([stop_request.signal_number or 0], self.device)[0]
+            if signal_number:
+                raise TrainingInterrupted(signal_number, None)
             run_dir = self._make_run_dir()  # rank 0 holds its lock from here until the run ends
             try:
                 return self._train_in(run_dir)

@@ -51,7 +51,8 @@ class StopRequest:
             yield self
             return
         if self._depth == 0:
-            self.signal_number = None
+            self.signal_number = exit_status.early_signal  # under torchrun: one kept from the start-up
+            exit_status.early_signal = None
             previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
         self._depth += 1
         try:

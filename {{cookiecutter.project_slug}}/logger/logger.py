@@ -1,6 +1,7 @@
 """Logging setup: the console for everyone, plus `train.log` in the run directory."""
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def setup_logging(verbosity: int = 2) -> None:
     for handler in list(root.handlers):
         if getattr(handler, "_project_console", False):
             root.removeHandler(handler)
-    console = logging.StreamHandler(sys.stdout)
+    console = ConsoleHandler(sys.stdout)
     console.setFormatter(logging.Formatter(_CONSOLE_FORMAT))
     console.setLevel(LEVELS[verbosity])
     console.addFilter(_is_own_or_warning)
@@ -32,6 +33,24 @@ def setup_logging(verbosity: int = 2) -> None:
     root.addHandler(console)
     # The root passes everything; each handler keeps its own level (train.log always has INFO).
     root.setLevel(logging.DEBUG)
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """stdout. When it cannot be written (a closed pipe, as in `python train.py ... | head`, or a
+    full device) the console goes quiet: its file descriptor is pointed at /dev/null, so neither
+    logging nor Python at exit prints a traceback for every record; train.log keeps them all."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+            return
+        try:
+            fileno = self.stream.fileno()
+            quiet = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(quiet, fileno)
+            os.close(quiet)
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a test's stream): drop it
+            self.setStream(open(os.devnull, "w"))  # noqa: SIM115 - for the life of the handler
 
 
 class RunLogHandler(logging.FileHandler):

@@ -4,6 +4,7 @@ signal during training saves the position: tests/test_resume.py.)"""
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -113,3 +114,23 @@ def test_ctrl_c_during_test_py_is_one_line(slow_project: Path, make_config: Call
     job.wait_for(lambda: "forward\n" in job.out)
     status, lines, _ = job.interrupt()
     assert (status, lines) == (130, [INTERRUPTED])
+
+
+@pytest.mark.parametrize("redirect", ["2>&-", ">&-", "| head -n 1", ">/dev/full"])
+def test_a_closed_broken_or_full_output_stream_changes_nothing(
+    make_config: Callable[..., dict[str, Any]], tmp_path: Path, redirect: str,
+) -> None:
+    """stdout or stderr closed (`2>&-`), a pipe whose reader left (`| head`), a full device: the
+    run trains and saves as with a terminal, with no traceback for its log lines or bars."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(make_config(trainer__epochs=1, trainer__verbosity=2)))
+    command = f"{shlex.quote(sys.executable)} train.py -c {shlex.quote(str(config))} --run-id out {redirect}"
+    errors = tmp_path / "stderr.txt"
+    if "2>" not in redirect:
+        command += f" 2>{shlex.quote(str(errors))}"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = errors.read_text() if errors.exists() else ""
+    assert "Traceback" not in said and "Error" not in said and "Exception ignored" not in said, said[-2000:]
+    assert (tmp_path / "saved" / "Mnist_LeNet" / "out" / "latest.pth").is_file()
