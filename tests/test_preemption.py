@@ -321,7 +321,7 @@ def test_own_images_stop_cleanly_on_a_group_sigterm_and_resume_exactly(
     ]
     straight = Job(project, train_command("-c", "config.json", "--run-id", "straight", *args))
     assert straight.finish() == 0, straight.text()[-3000:]
-    assert len(list((project / "cache").glob("images-*.pt"))) == 2  # train/ and val/, decoded once
+    assert len(list((project / "cache").glob("images-*.npy"))) == 2  # train/ and val/, decoded once
     streamed = ["-o", "data_loader.args.cache_dir=null", "-o", "data_loader.args.num_workers=2"]
     for run_id, options in (("cached", []), ("streamed", streamed)):
         job = Job(project, train_command("-c", "config.json", "--run-id", run_id, *args, *options))
