@@ -55,9 +55,9 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     data_loader = build_data_loader(config, dry_run)
     valid_data_loader = data_loader.split_validation() if hasattr(data_loader, "split_validation") else None
     model = config.init_obj("arch", module_arch, torch.nn.Module).to(device)
+    logger.debug(model)
     if isinstance(data_loader, BaseDataLoader):
         data_loader.adapt_to_model(model)  # e.g. the normalisation of pretrained weights
-    logger.debug(model)
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
     optimizer, lr_scheduler = build_optimizer(config, model)

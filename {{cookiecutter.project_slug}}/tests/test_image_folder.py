@@ -440,27 +440,6 @@ def test_the_image_folder_config_trains_two_classes(images: Path, tmp_path: Path
     assert train.main(["-c", str(config_path), "--dry-run"]) == 0
 
 
-def test_ctrl_c_while_decoding_stops_within_an_image_and_leaves_no_cache(
-    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(image_config(images, tmp_path / "saved")))
-    decoded: list[Path] = []
-    read_image = image_files.read_image
-
-    def read_and_press_ctrl_c(path: Path, form: Any) -> torch.Tensor:
-        decoded.append(path)
-        if len(decoded) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return read_image(path, form)
-
-    monkeypatch.setattr(image_files, "read_image", read_and_press_ctrl_c)
-    assert train.main(["-c", str(config_path)]) == 130
-    assert capsys.readouterr().err == "interrupted by signal 2 before training started; nothing was saved\n"
-    assert len(decoded) == 3  # the image being decoded is the last
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "images"]  # no cache/, no saved/
-
-
 # --------------------------------------------------------------------------- photos
 
 PHOTO_COLOURS = {"amber": (230, 150, 20), "blue": (20, 40, 220), "cyan": (20, 220, 220)}
@@ -653,27 +632,34 @@ def test_temporary_cache_files_that_a_killed_build_left_are_removed_by_the_next(
     assert len(list((tmp_path / "cache").glob("images-*.npy"))) == 2
 
 
-@pytest.mark.parametrize("budget", [image_files.CACHE_MEMORY_FRACTION, 0.0], ids=["in-memory", "memory-mapped"])
-def test_ctrl_c_while_decoding_photos_stops_within_an_image_and_leaves_no_cache(
-    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, budget: float
+@pytest.mark.parametrize(
+    ("folder", "budget"),
+    [("images", image_files.CACHE_MEMORY_FRACTION), ("photos", image_files.CACHE_MEMORY_FRACTION), ("photos", 0.0)],
+    ids=["small-in-memory", "photos-in-memory", "photos-memory-mapped"],
+)
+def test_ctrl_c_while_decoding_stops_within_an_image_and_leaves_no_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+    folder: str, budget: float,
 ) -> None:
     monkeypatch.setattr(image_files, "CACHE_MEMORY_FRACTION", budget)
+    data = request.getfixturevalue(folder)
+    config = photo_config(data, tmp_path / "saved") if folder == "photos" else image_config(data, tmp_path / "saved")
     config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(photo_config(photos, tmp_path / "saved")))
+    config_path.write_text(json.dumps(config))
     decoded: list[Path] = []
     read_image = image_files.read_image
 
     def read_and_press_ctrl_c(path: Path, form: Any) -> torch.Tensor:
         decoded.append(path)
-        if len(decoded) == 5:
+        if len(decoded) == 3:
             os.kill(os.getpid(), signal.SIGINT)
         return read_image(path, form)
 
     monkeypatch.setattr(image_files, "read_image", read_and_press_ctrl_c)
     assert train.main(["-c", str(config_path)]) == 130
     assert capsys.readouterr().err == "interrupted by signal 2 before training started; nothing was saved\n"
-    assert len(decoded) == 5
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "photos"]  # no cache/, no saved/
+    assert len(decoded) == 3  # the image being decoded is the last
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", folder]  # no cache/, no saved/
 
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # the `normalization` of torchvision's ImageNet weights
