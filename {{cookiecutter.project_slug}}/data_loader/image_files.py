@@ -28,7 +28,7 @@ import tempfile
 import time
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -451,7 +451,7 @@ def _write_temporary(images: torch.Tensor | Iterator[torch.Tensor], file: Path, 
     return Path(name)
 
 
-def _write_array(out: BinaryIO, shape: tuple[int, ...], parts: Any) -> None:
+def _write_array(out: BinaryIO, shape: tuple[int, ...], parts: Iterable[torch.Tensor]) -> None:
     """A uint8 `.npy` array of `shape` whose bytes are `parts` (uint8 tensors) in order."""
     np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
     written = 0

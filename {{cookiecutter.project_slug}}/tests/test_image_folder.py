@@ -212,8 +212,11 @@ def test_images_are_decoded_once_and_a_changed_image_rebuilds_the_cache(
     from PIL import Image
 
     Image.new("RGB", (8, 8), (255, 255, 255)).save(images / "train" / "blue" / "3.png")  # same name, new pixels
+    old_format = image_files.cache_file(images / "train", "0" * 64, tmp_path / "cache").with_suffix(".pt")
+    old_format.write_bytes(b"a cache of format 1")  # e.g. of a template version before 2
     changed = ImageFolderDataLoader(str(images), batch_size=4, image_size=8)
     iter(changed)
+    assert not old_format.exists()
     index = [path.name for path in sorted((images / "train" / "blue").iterdir())].index("3.png") + 12
     white = torch.full((3, 8, 8), 255, dtype=torch.uint8)
     assert torch.equal(changed.dataset.tensors[0][index], white)  # type: ignore[attr-defined]
