@@ -16,10 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy
 import pytest
 import torch
 
 from conftest import Render
+from photo_sample import write_photo_folders
 
 pytestmark = pytest.mark.slow
 
@@ -321,7 +323,7 @@ def test_own_images_stop_cleanly_on_a_group_sigterm_and_resume_exactly(
     ]
     straight = Job(project, train_command("-c", "config.json", "--run-id", "straight", *args))
     assert straight.finish() == 0, straight.text()[-3000:]
-    assert len(list((project / "cache").glob("images-*.pt"))) == 2  # train/ and val/, decoded once
+    assert len(list((project / "cache").glob("images-*.npy"))) == 2  # train/ and val/, decoded once
     streamed = ["-o", "data_loader.args.cache_dir=null", "-o", "data_loader.args.num_workers=2"]
     for run_id, options in (("cached", []), ("streamed", streamed)):
         job = Job(project, train_command("-c", "config.json", "--run-id", run_id, *args, *options))
@@ -333,3 +335,46 @@ def test_own_images_stop_cleanly_on_a_group_sigterm_and_resume_exactly(
         resumed = Job(project, train_command("-r", str(run_dir / "latest.pth")))
         assert resumed.finish() == 0, resumed.text()[-3000:]
         assert_bitwise(tmp_path / "ImageFolder_CNN" / "straight", run_dir)
+
+
+# train.py with the image cache's memory budget forced to 0, so that every folder's cache is a
+# file read through a memory map (as a folder larger than memory is)
+MEMORY_MAPPED_TRAIN = (
+    "import runpy, sys; import data_loader.image_files as image_files; image_files.CACHE_MEMORY_FRACTION = 0.0; "
+    "sys.argv = ['train.py', *sys.argv[1:]]; runpy.run_path('train.py', run_name='__main__')"
+)
+
+
+def test_photos_from_a_memory_mapped_cache_stop_on_a_group_sigterm_and_resume_exactly(
+    render: Render, tmp_path: Path
+) -> None:
+    """JPEG photos of mixed sizes and aspect ratios, `preprocessing` "photo" (random resized
+    crops and flips of whole batches, drawn from (seed, epoch, batch)), the cache memory-mapped:
+    a SIGTERM to the whole group mid-epoch resumes bitwise equal to a straight run."""
+    project = render(dataset="image_folder")
+    photos = write_photo_folders(tmp_path / "photos", n_train_per_class=48, n_val_per_class=4)
+    args = ["-o", f"data_loader.args.data_dir={photos}", "-o", f"trainer.save_dir={tmp_path}", "-o", "n_gpu=0"]
+    args += ["-o", "trainer.epochs=2", "-o", "trainer.verbosity=1", "--bs", "16"]
+    args += ["-o", "data_loader.args.preprocessing=photo", "-o", "data_loader.args.image_size=48"]
+    args += ["-o", "data_loader.args.hflip=true"]
+
+    def train(*more: str) -> Job:
+        return Job(project, [sys.executable, "-c", MEMORY_MAPPED_TRAIN, *more])
+
+    straight = train("-c", "config.json", "--run-id", "straight", *args)
+    assert straight.finish() == 0, straight.text()[-3000:]
+    cached = list((project / "cache").glob("images-*.npy"))
+    assert len(cached) == 2 and {tuple(numpy.load(file, mmap_mode="r").shape) for file in cached} == {
+        (480, 3, 55, 55),
+        (40, 3, 55, 55),
+    }  # the 55-pixel squares (48 / 0.875) that crops are cut from
+    job = train("-c", "config.json", "--run-id", "stopped", *args)
+    job.wait_for("epoch 2/2 train")
+    time.sleep(INTO_THE_EPOCH_S)
+    job.signal_group(signal.SIGTERM)
+    run_dir = tmp_path / "ImageFolder_CNN" / "stopped"
+    assert_clean_stop(job, job.finish(), signal.SIGTERM, run_dir)
+    resumed = train("-r", str(run_dir / "latest.pth"))
+    assert resumed.finish() == 0, resumed.text()[-3000:]
+    assert_bitwise(tmp_path / "ImageFolder_CNN" / "straight", run_dir)
+    assert sorted(path.name for path in (project / "cache").iterdir()) == sorted(path.name for path in cached)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from base import BaseDataLoader
 from base.preprocessing import Preprocessing
 from cli import config_from_args, refuse_output_overrides, use_parser
 from engine.device import on_device
@@ -90,6 +91,8 @@ def verification_inputs(config: ConfigParser, trained: TrainedModel) -> tuple[to
     try:
         loader = evaluation_loader(config, trained.checkpoint, batch_size=VERIFY_INPUTS, num_workers=0,
                                    download=False, write_cache=False)
+        if isinstance(loader, BaseDataLoader):
+            loader.adapt_to_model(trained.model)  # as training did
         batch = next(on_device(iter(loader), loader, CPU, 1), None)
         reason = "the test split is empty"
         if isinstance(batch, (list, tuple)) and isinstance(batch[0], torch.Tensor) and len(batch[0]) >= 2:

@@ -12,6 +12,7 @@ import torch
 import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
+from base import BaseDataLoader
 from cli import command_line_parser, config_from_args
 from engine import distributed
 from engine.checkpoint import load_checkpoint, load_weights
@@ -45,6 +46,8 @@ def evaluate(config: ConfigParser, report: Path | None = None) -> dict[str, floa
     model = config.init_obj("arch", module_arch, torch.nn.Module)
     load_weights(model, checkpoint, config["arch"]["type"], config.resume_path)
     model.to(device).eval()
+    if isinstance(data_loader, BaseDataLoader):
+        data_loader.adapt_to_model(model)  # as training did
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
     trainer = Trainer(model, criterion, metric_fns, None, config=config, device=device, device_ids=[],

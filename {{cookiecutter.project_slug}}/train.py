@@ -19,6 +19,7 @@ import data_loader as module_data
 import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
+from base import BaseDataLoader
 from base.base_model import count_parameters
 from cli import command_line_parser, config_from_args, folder_name
 from engine import distributed
@@ -55,6 +56,8 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
     valid_data_loader = data_loader.split_validation() if hasattr(data_loader, "split_validation") else None
     model = config.init_obj("arch", module_arch, torch.nn.Module).to(device)
     logger.debug(model)
+    if isinstance(data_loader, BaseDataLoader):
+        data_loader.adapt_to_model(model)  # e.g. the normalisation of pretrained weights
     criterion = config.init_ftn("loss", module_loss)
     metric_fns = config.init_ftn("metrics", module_metric)
     optimizer, lr_scheduler = build_optimizer(config, model)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
@@ -71,6 +72,11 @@ class BaseDataLoader(StopSafeDataLoader):
     @seed.setter
     def seed(self, seed: int) -> None:
         self.batches.seed = seed
+
+    def adapt_to_model(self, model: nn.Module) -> None:
+        """Take from the model what the inputs depend on, before the first batch: train.py,
+        test.py and export.py call it once the model is built (the image-folder loader takes the
+        normalisation of pretrained weights, `model.normalization`). This default takes nothing."""
 
     def preprocessing(self) -> dict[str, Any] | None:
         """How evaluation turns one input into the model's input, as plain data that every

@@ -101,16 +101,20 @@ class Preprocessing:
 
     def resize_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 `(B, channels, H, W)` resized (and centre-cropped) to the model's input size."""
+        images = self.resized(images)
+        return images if self.crop_size is None else centre_crop(images, self.crop_size)
+
+    def resized(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 `(..., channels, H, W)` after the resize step alone, before any centre crop:
+        `resize_size` square ("stretch") or on the shorter side ("shorter_side")."""
         from torchvision.transforms.v2 import InterpolationMode, functional
 
         mode = InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
         side = self.resize_size
         if self.resize == "shorter_side":
-            images = functional.resize(images, [side], interpolation=mode, antialias=True)  # one int: the shorter side
-        elif images.shape[-2:] != (side, side):
-            images = functional.resize(images, [side, side], interpolation=mode, antialias=True)
-        if self.crop_size is not None:
-            images = functional.center_crop(images, [self.crop_size, self.crop_size])
+            return functional.resize(images, [side], interpolation=mode, antialias=True)  # one int: the shorter side
+        if images.shape[-2:] != (side, side):
+            return functional.resize(images, [side, side], interpolation=mode, antialias=True)
         return images
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -126,6 +130,18 @@ class Preprocessing:
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Decoded uint8 `(B, channels, H, W)` images as the model's float32 inputs."""
         return self.normalise(self.resize_images(images))
+
+
+def centre_offset(size: int, crop: int) -> int:
+    """Where the centre crop of `crop` pixels of `size` pixels starts: half the difference,
+    rounded half to even, as torchvision's `center_crop` rounds it."""
+    return int(round((size - crop) / 2.0))
+
+
+def centre_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
+    """The centre `crop` x `crop` square of `(..., H, W)` images (both sides at least `crop`): a view."""
+    top, left = centre_offset(images.shape[-2], crop), centre_offset(images.shape[-1], crop)
+    return images[..., top : top + crop, left : left + crop]
 
 
 def read_image_file(path: Path, channels: int) -> torch.Tensor:

@@ -14,12 +14,21 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_resume import signal_after
 
+import model.model as module_arch
 import predict
 import test as test_script
 import train
 from data_loader import ImageFolderDataLoader, image_files
-from data_loader.image_folder import batch_seed, labelled_files, random_shift
+from data_loader.image_folder import (
+    batch_seed,
+    evaluation_preprocessing,
+    labelled_files,
+    random_crop_boxes,
+    random_shift,
+    resized_crops,
+)
 from engine.checkpoint import upgrade
 from engine.device import on_device
 from parse_config import ConfigParser
@@ -188,11 +197,11 @@ def test_images_are_decoded_once_and_a_changed_image_rebuilds_the_cache(
     assert loader.dataset.tensors[0].dtype == torch.uint8  # type: ignore[attr-defined]
     assert not (tmp_path / "cache").exists()  # written when batches are first asked for
     iter(loader)
-    cached = sorted((tmp_path / "cache").glob("*.pt"))
+    cached = sorted((tmp_path / "cache").glob("*.npy"))
     assert len(cached) == 2  # train/ and val/
     first = loader.dataset.tensors[0].clone()  # type: ignore[attr-defined]
 
-    def no_decoding(path: Path, size: int) -> torch.Tensor:
+    def no_decoding(path: Path, form: Any) -> torch.Tensor:
         raise AssertionError(f"decoded {path} again")
 
     with monkeypatch.context() as patched:
@@ -203,12 +212,15 @@ def test_images_are_decoded_once_and_a_changed_image_rebuilds_the_cache(
     from PIL import Image
 
     Image.new("RGB", (8, 8), (255, 255, 255)).save(images / "train" / "blue" / "3.png")  # same name, new pixels
+    old_format = image_files.cache_file(images / "train", "0" * 64, tmp_path / "cache").with_suffix(".pt")
+    old_format.write_bytes(b"a cache of format 1")  # e.g. of a template version before 2
     changed = ImageFolderDataLoader(str(images), batch_size=4, image_size=8)
     iter(changed)
+    assert not old_format.exists()
     index = [path.name for path in sorted((images / "train" / "blue").iterdir())].index("3.png") + 12
     white = torch.full((3, 8, 8), 255, dtype=torch.uint8)
     assert torch.equal(changed.dataset.tensors[0][index], white)  # type: ignore[attr-defined]
-    assert len(sorted((tmp_path / "cache").glob("*.pt"))) == 2  # the stale train/ cache is gone
+    assert len(sorted((tmp_path / "cache").glob("*.npy"))) == 2  # the stale train/ cache is gone
     (images / "train" / "cyan" / "0.png").unlink()  # a changed file list rebuilds it too
     assert len(ImageFolderDataLoader(str(images), batch_size=4, image_size=8).dataset) == 35  # type: ignore[arg-type]
 
@@ -230,7 +242,11 @@ def test_a_corrupt_image_is_one_line_naming_the_file(
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [("hflip", "no", "true or false"), ("hflip", 1, "true or false"), ("image_size", 0, "a whole number of pixels"),
-     ("cache_dir", 123, "a folder path or null")],
+     ("cache_dir", 123, "a folder path or null"), ("preprocessing", "photos", "one of 'small', 'photo'"),
+     ("resize_size", 40, "null, or with preprocessing 'photo' a whole number"),
+     ("crop_scale", [0.5, 0.2], "two fractions"), ("crop_ratio", [1], "two aspect ratios"),
+     ("mean", [0.5, 0.5], "null, a number or 3 numbers"),
+     ("std", 0, "null, a number or 3 numbers, above 0")],
 )
 def test_a_bad_argument_of_the_loader_is_one_line(
     images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: object, expected: str
@@ -308,29 +324,57 @@ def test_under_ddp_the_other_ranks_read_the_images_that_rank_0_decoded(
     monkeypatch.setattr(image_files.distributed, "is_main", lambda: True)
     monkeypatch.setattr(image_files.distributed, "barrier", lambda: None)
     monkeypatch.setattr(image_files.distributed, "broadcast", lambda value: broadcasts.append(value) or value)
-    built, pending = image_files.cached_images(folder, paths, 8, tmp_path / "cache")  # rank 0
+    form = evaluation_preprocessing(photo=False, image_size=8, resize_size=None, mean=None, std=None)
+    built, pending, _ = image_files.cached_images(folder, paths, form, tmp_path / "cache")  # rank 0
     assert [kind for kind, _ in broadcasts] == ["ready"] and ".share" in broadcasts[0][1]
     assert pending is not None and not (tmp_path / "cache").exists()  # handed over, then removed (folder too)
-    key = image_files.cache_key(paths, 8)
-    shared = image_files.share(built, key, image_files.cache_file(folder, key, tmp_path / "cache"))
+    key = image_files.cache_key(paths, form)
+    shared = image_files.share(built, image_files.cache_file(folder, key, tmp_path / "cache"))
 
-    def rank_1(news: tuple[str, Any], cache: Path) -> tuple[torch.Tensor, Any]:
+    def rank_1(news: tuple[str, Any], cache: Path) -> tuple[torch.Tensor, Any, Any]:
         with monkeypatch.context() as patched:
             patched.setattr(image_files.distributed, "is_main", lambda: False)
             patched.setattr(image_files.distributed, "broadcast", lambda value: news)
-            return image_files.cached_images(folder, paths, 8, cache)
+            return image_files.cached_images(folder, paths, form, cache)
 
     with monkeypatch.context() as patched:
-        patched.setattr(image_files, "read_image", lambda path, size: pytest.fail(f"decoded {path} again"))
+        patched.setattr(image_files, "read_image", lambda path, form: pytest.fail(f"decoded {path} again"))
         assert torch.equal(rank_1(("ready", str(shared)), tmp_path / "cache")[0], built)  # rank 0's images
-    other_machine, own = rank_1(("ready", str(tmp_path / "elsewhere" / shared.name)), tmp_path / "unshared")
+    other_machine, own, _ = rank_1(("ready", str(tmp_path / "elsewhere" / shared.name)), tmp_path / "unshared")
     assert torch.equal(other_machine, built) and own is not None  # decoded for itself, its own cache pending
     with pytest.raises(InputError, match="rank 0"):  # rank 0's error, on every rank
         rank_1(("error", "image x cannot be decoded (rank 0)"), tmp_path / "cache")
     with pytest.raises(TrainingInterrupted):  # and its stop signal
         rank_1(("stopped", 15), tmp_path / "cache")
     pending.write()
-    assert [path.name for path in (tmp_path / "cache").glob("*.pt")] == [pending.file.name]
+    assert [path.name for path in (tmp_path / "cache").glob("*.npy")] == [pending.file.name]
+
+
+def test_under_ddp_the_other_ranks_map_the_file_that_rank_0_built(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A memory-mapped cache is not copied for the other ranks: they map the file rank 0 built,
+    which stays its pending cache file (renamed when training starts), and read no image."""
+    folder = images / "train"
+    paths = sorted(folder.rglob("*.png"))
+    form = evaluation_preprocessing(photo=True, image_size=8, resize_size=None, mean=None, std=None)
+    broadcasts: list[Any] = []
+    monkeypatch.setattr(image_files.distributed, "active", lambda: True)
+    monkeypatch.setattr(image_files.distributed, "is_main", lambda: True)
+    monkeypatch.setattr(image_files.distributed, "barrier", lambda: None)
+    monkeypatch.setattr(image_files.distributed, "broadcast", lambda value: broadcasts.append(value) or value)
+    built, pending, mapped = image_files.cached_images(folder, paths, form, tmp_path / "cache", in_memory=False)
+    assert pending is not None and broadcasts == [("ready", str(pending.built))] and mapped == pending.built
+    assert pending.built.is_file()  # not removed after the others read it: it is the cache to be
+    with monkeypatch.context() as patched:
+        patched.setattr(image_files.distributed, "is_main", lambda: False)
+        patched.setattr(image_files.distributed, "broadcast", lambda value: broadcasts[0])
+        patched.setattr(image_files, "read_image", lambda path, form: pytest.fail(f"decoded {path} again"))
+        other, own, other_mapped = image_files.cached_images(folder, paths, form, tmp_path / "cache", in_memory=False)
+    assert torch.equal(other, built) and own is None and other_mapped == pending.built
+    pending.write()
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [pending.file.name]
+    assert torch.equal(other, built)  # the mapping outlives the rename
 
 
 def test_a_model_with_fewer_outputs_than_class_folders_is_one_line_and_more_is_a_warning(
@@ -370,7 +414,7 @@ def test_a_refused_run_and_a_dry_run_write_no_image_cache(
     assert "'optimizer.args' rejected by Adam" in capsys.readouterr().err
     decoded: list[Path] = []
     read_image = image_files.read_image
-    monkeypatch.setattr(image_files, "read_image", lambda path, size: decoded.append(path) or read_image(path, size))
+    monkeypatch.setattr(image_files, "read_image", lambda path, form: decoded.append(path) or read_image(path, form))
     assert train.main(["-c", str(config_path), "--dry-run"]) == 0
     assert 0 < len(decoded) < 36 + 8  # the fit check's sample and two batches, not every image
     assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "images"]  # no cache/, no saved/
@@ -399,22 +443,272 @@ def test_the_image_folder_config_trains_two_classes(images: Path, tmp_path: Path
     assert train.main(["-c", str(config_path), "--dry-run"]) == 0
 
 
-def test_ctrl_c_while_decoding_stops_within_an_image_and_leaves_no_cache(
-    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+# --------------------------------------------------------------------------- photos
+
+PHOTO_COLOURS = {"amber": (230, 150, 20), "blue": (20, 40, 220), "cyan": (20, 220, 220)}
+
+
+def write_photos(root: Path, split: str, counts: dict[str, int], seed: int = 0) -> None:
+    """`counts[name]` JPEG photos of mixed sizes and aspect ratios (24 to 64 pixels a side) in
+    `root/split/name/`: a smooth field of colour `name` with a darker blob somewhere."""
+    from torchvision.io import encode_jpeg
+
+    generator = torch.Generator().manual_seed(seed + len(split))
+    for name, count in counts.items():
+        folder = root / split / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            height, width = (int(side) for side in torch.randint(24, 65, (2,), generator=generator))
+            field = torch.nn.functional.interpolate(torch.rand(1, 3, 3, 3, generator=generator), (height, width),
+                                                    mode="bilinear", align_corners=False)[0]
+            image = torch.tensor(PHOTO_COLOURS[name], dtype=torch.float32).view(3, 1, 1) * (0.7 + 0.3 * field)
+            top, left = int(torch.randint(0, height // 2, ())), int(torch.randint(0, width // 2, ()))
+            image[:, top : top + height // 3, left : left + width // 3] *= 0.5
+            (folder / f"{i}.jpg").write_bytes(encode_jpeg(image.round().to(torch.uint8), quality=90).numpy().tobytes())
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    write_photos(root, "train", {"amber": 16, "blue": 16, "cyan": 16})
+    write_photos(root, "val", {"amber": 4, "blue": 4, "cyan": 4})
+    write_photos(root, "test", {"amber": 5, "blue": 5, "cyan": 5})
+    return root
+
+
+def photo_config(data_dir: Path, save_dir: Path, epochs: int = 2) -> dict[str, Any]:
+    config = image_config(data_dir, save_dir, epochs)
+    config["data_loader"]["args"].update(preprocessing="photo", image_size=16, hflip=True)
+    return config
+
+
+def thirds(width: int, height: int, wide: bool) -> torch.Tensor:
+    """uint8 (3, height, width): red, green and blue thirds, left to right (`wide`) or top to bottom."""
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    for channel in range(3):
+        if wide:
+            image[channel, :, channel * width // 3 : (channel + 1) * width // 3] = 255
+        else:
+            image[channel, channel * height // 3 : (channel + 1) * height // 3, :] = 255
+    return image
+
+
+def test_photos_keep_their_aspect_ratio_and_evaluation_sees_their_centre(tmp_path: Path) -> None:
+    """A wide image whose thirds are red, green and blue, and a tall one: resized on the shorter
+    side and cropped in the centre, evaluation (validation, test.py, predict.py) sees the green
+    middle third alone; squashed ("small"), it sees all three colours."""
+    from torchvision.io import encode_png
+
+    root = tmp_path / "thirds"
+    for split in ("train", "val", "test"):
+        (root / split / "flag").mkdir(parents=True)
+        (root / split / "flag" / "wide.png").write_bytes(encode_png(thirds(120, 40, wide=True)).numpy().tobytes())
+        (root / split / "flag" / "tall.png").write_bytes(encode_png(thirds(42, 150, wide=False)).numpy().tobytes())
+    green = torch.tensor([-1.0, 1.0, -1.0]).view(1, 3, 1, 1)  # normalised with mean and std 0.5
+    photo = ImageFolderDataLoader(str(root), batch_size=4, image_size=24, preprocessing="photo")
+    assert photo.preprocessing() == {"channels": 3, "resize": "shorter_side", "resize_size": 27, "crop_size": 24,
+                                     "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+    valid = photo.split_validation()
+    assert valid is not None
+    evaluated = [batches(valid)[0][0], batches(ImageFolderDataLoader(
+        str(root), batch_size=4, image_size=24, preprocessing="photo", training=False))[0][0]]
+    evaluated += [ImageFolderDataLoader.read_inputs(root / "test" / "flag" / name, photo.preprocessing())
+                  for name in ("tall.png", "wide.png")]
+    for images in evaluated:
+        assert images is not None and images.shape[1:] == (3, 24, 24)
+        assert torch.allclose(images, green.expand_as(images), atol=0.02), (images - green).abs().amax()
+    squashed = batches(ImageFolderDataLoader(str(root), batch_size=4, image_size=24, training=False))[0][0]
+    assert squashed.shape == (2, 3, 24, 24) and (squashed.amax(dim=(2, 3)) > 0.9).all()  # red, green and blue
+
+
+def test_the_batched_random_resized_crop_equals_torchvision_per_image() -> None:
+    from torchvision.transforms.v2 import functional
+
+    images = torch.randint(0, 256, (32, 3, 37, 37), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(5)
+    boxes = random_crop_boxes(32, 37, (0.08, 1.0), (3 / 4, 4 / 3), generator)
+    mirrored = torch.rand(32, generator=generator) < 0.5
+    cropped = resized_crops(images, boxes, 32, mirrored)
+    assert cropped.shape == (32, 3, 32, 32) and cropped.dtype == torch.float32
+    for image, box, flip, batched in zip(images, boxes.tolist(), mirrored, cropped, strict=True):
+        top, left, height, width = box
+        assert 0 <= top <= 37 - height and 0 <= left <= 37 - width
+        assert 0.08 * 37**2 * 0.9 <= height * width <= 37**2 and 3 / 4 * 0.85 <= width / height <= 4 / 3 * 1.15
+        expected = functional.resized_crop(image.float(), top, left, height, width, [32, 32], antialias=False)
+        assert torch.allclose(batched, expected.flip(-1) if flip else expected, atol=2e-3)  # of 255
+    assert 0 < int(mirrored.sum()) < 32
+    assert len({tuple(box) for box in boxes.tolist()}) == 32  # every image its own box
+    # ratios that a square cannot take within 10 tries: the largest centred box of the nearest ratio
+    narrow = random_crop_boxes(4, 30, (0.9, 1.0), (3.0, 4.0), torch.Generator().manual_seed(0))
+    assert narrow.tolist() == [[10, 0, 10, 30]] * 4
+
+
+def test_photo_training_draws_depend_only_on_seed_epoch_and_batch(photos: Path) -> None:
+    loader = ImageFolderDataLoader(str(photos), batch_size=8, image_size=16, preprocessing="photo", hflip=True)
+    batch = next(iter(loader))
+    assert batch[0].shape == (8, 3, 18, 18)  # the cache holds round(16 / 0.875) squares
+    state = torch.get_rng_state()
+    first = loader.device_transform(batch, 2, 3)[0]
+    assert first.shape == (8, 3, 16, 16) and torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(loader.device_transform(batch, 2, 3)[0], first)
+    assert not torch.equal(loader.device_transform(batch, 2, 4)[0], first)
+    assert not torch.equal(loader.device_transform(batch, 3, 3)[0], first)
+
+
+def loader_batches(loader: Any, epoch: int = 2) -> list[list[torch.Tensor]]:
+    """The training batches and the validation batches of `loader`, as the trainer gets them."""
+    valid = loader.split_validation()
+    return batches(loader, epoch) + (batches(valid, epoch) if valid is not None else [])
+
+
+def test_a_memory_mapped_cache_gives_the_batches_of_the_in_memory_one_and_follows_changes(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Folders larger than the memory budget are cached in a file read through a memory map:
+    built image by image, written when first served, the same batches (also gathered in worker
+    processes), and rebuilt when an image changes."""
+    def photo_loader(**options: Any) -> ImageFolderDataLoader:
+        return ImageFolderDataLoader(str(photos), batch_size=8, image_size=16, preprocessing="photo", hflip=True,
+                                     **options)
+
+    in_memory = photo_loader()
+    expected = loader_batches(in_memory)
+    shutil.rmtree(tmp_path / "cache")
+    monkeypatch.setattr(image_files, "CACHE_MEMORY_FRACTION", 0.0)
+    allocated: list[tuple[int, ...]] = []
+    empty = torch.empty
+    monkeypatch.setattr(image_files.torch, "empty", lambda *shape, **kw: allocated.append(shape) or empty(*shape, **kw))
+    mapped = photo_loader()
+    assert allocated == []  # built image by image on disk, never whole in memory
+    assert isinstance(mapped.dataset, image_files.CachedImages) and mapped.dataset.mapped is not None
+    assert mapped.dataset.mapped.name.endswith(".tmp")
+    assert sorted(path.suffix for path in (tmp_path / "cache").iterdir()) == [".tmp", ".tmp"]  # not written yet
+    mapped.seed = in_memory.seed
+    for one, other in zip(expected, loader_batches(mapped), strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(one, other, strict=True))
+    files = sorted((tmp_path / "cache").glob("images-*.npy"))
+    assert len(files) == 2 and mapped.dataset.mapped in files
+    assert np.load(files[0], mmap_mode="r").shape in ((48, 3, 18, 18), (12, 3, 18, 18))  # a plain .npy array
+    again = photo_loader(num_workers=2)  # from the file, each worker mapping it
+    assert again.dataset.mapped in files  # type: ignore[attr-defined]
+    again.seed = in_memory.seed
+    for one, other in zip(expected, loader_batches(again), strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(one, other, strict=True))
+
+    write_photos(tmp_path / "other", "train", {"blue": 1}, seed=9)
+    shutil.copy(tmp_path / "other" / "train" / "blue" / "0.jpg", photos / "train" / "amber" / "3.jpg")
+    changed = photo_loader()
+    iter(changed)
+    new_files = sorted((tmp_path / "cache").glob("images-*.npy"))
+    assert len(new_files) == 2 and len(set(new_files) & set(files)) == 1  # val/ kept; train/ rebuilt, the old gone
+    index = sorted(path.name for path in (photos / "train" / "amber").iterdir()).index("3.jpg")
+    assert changed.dataset.tensors[0][index, 2].float().mean() > 150  # type: ignore[attr-defined]  # blue now
+
+
+def test_a_memory_mapped_cache_that_is_never_served_leaves_no_file(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run refused after the images were decoded into a mapped cache: its temporary files (and
+    the cache folder made for them) go when the loader does, at the latest when the process ends."""
+    import gc
+
+    monkeypatch.setattr(image_files, "CACHE_MEMORY_FRACTION", 0.0)
+    loader = ImageFolderDataLoader(str(photos), batch_size=8, image_size=16, preprocessing="photo")
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    del loader
+    gc.collect()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_temporary_cache_files_that_a_killed_build_left_are_removed_by_the_next(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(image_files, "CACHE_MEMORY_FRACTION", 0.0)
+    (tmp_path / "cache").mkdir()
+    left = image_files.cache_file(photos / "train", "0" * 64, tmp_path / "cache")
+    stale, fresh = (left.with_name(f".{left.name}.{name}.tmp") for name in ("stale", "fresh"))
+    for temporary in (stale, fresh):
+        temporary.write_bytes(b"half a cache")
+    os.utime(stale, (0, os.stat(stale).st_mtime - image_files.STALE_SECONDS - 60))
+    iter(ImageFolderDataLoader(str(photos), batch_size=8, image_size=16, preprocessing="photo"))
+    assert not stale.exists() and fresh.exists()  # a live process may still be writing that one
+    assert len(list((tmp_path / "cache").glob("images-*.npy"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("folder", "budget"),
+    [("images", image_files.CACHE_MEMORY_FRACTION), ("photos", image_files.CACHE_MEMORY_FRACTION), ("photos", 0.0)],
+    ids=["small-in-memory", "photos-in-memory", "photos-memory-mapped"],
+)
+def test_ctrl_c_while_decoding_stops_within_an_image_and_leaves_no_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+    folder: str, budget: float,
+) -> None:
+    monkeypatch.setattr(image_files, "CACHE_MEMORY_FRACTION", budget)
+    data = request.getfixturevalue(folder)
+    config = photo_config(data, tmp_path / "saved") if folder == "photos" else image_config(data, tmp_path / "saved")
     config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(image_config(images, tmp_path / "saved")))
+    config_path.write_text(json.dumps(config))
     decoded: list[Path] = []
     read_image = image_files.read_image
 
-    def read_and_press_ctrl_c(path: Path, size: int) -> torch.Tensor:
+    def read_and_press_ctrl_c(path: Path, form: Any) -> torch.Tensor:
         decoded.append(path)
         if len(decoded) == 3:
             os.kill(os.getpid(), signal.SIGINT)
-        return read_image(path, size)
+        return read_image(path, form)
 
     monkeypatch.setattr(image_files, "read_image", read_and_press_ctrl_c)
     assert train.main(["-c", str(config_path)]) == 130
     assert capsys.readouterr().err == "interrupted by signal 2 before training started; nothing was saved\n"
     assert len(decoded) == 3  # the image being decoded is the last
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "images"]  # no cache/, no saved/
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", folder]  # no cache/, no saved/
+
+
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # the `normalization` of torchvision's ImageNet weights
+
+
+def test_photos_stop_on_sigterm_resume_bitwise_and_predict_py_equals_test_py(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JPEG photos of mixed sizes, the photo recipe (random resized crops and flips), the cache
+    memory-mapped, and a model whose pretrained weights want ImageNet's normalisation: a SIGTERM
+    in epoch 2 resumes bitwise equal to a straight run; the checkpoint records the shorter-side
+    resize, the centre crop and the model's mean and std, and predict.py on the test photos is
+    right exactly where test.py is."""
+    monkeypatch.setattr(image_files, "CACHE_MEMORY_FRACTION", 0.0)
+    monkeypatch.setattr(module_arch.ImageClassifier, "normalization", IMAGENET, raising=False)
+    config = photo_config(photos, tmp_path / "saved")
+    train.train(ConfigParser(json.loads(json.dumps(config)), run_id="straight"))
+    with monkeypatch.context() as patch:
+        signal_after(patch, "train_step", 9)  # 6 batches an epoch: in epoch 2
+        with pytest.raises(TrainingInterrupted):
+            train.train(ConfigParser(json.loads(json.dumps(config)), run_id="stopped"))
+    stopped = tmp_path / "saved" / "ImageFolder_CNN" / "stopped"
+    assert torch.load(stopped / "latest.pth", weights_only=True)["batches_done"] == 3
+    assert train.main(["-r", str(stopped / "latest.pth")]) == 0
+    straight = torch.load(tmp_path / "saved" / "ImageFolder_CNN" / "straight" / "latest.pth", weights_only=True)
+    resumed = torch.load(stopped / "latest.pth", weights_only=True)
+    assert all(torch.equal(straight["state_dict"][key], resumed["state_dict"][key]) for key in straight["state_dict"])
+    assert (stopped / "metrics.csv").read_text() == (stopped.parent / "straight" / "metrics.csv").read_text()
+    assert resumed["preprocessing"] == {"channels": 3, "resize": "shorter_side", "resize_size": 18, "crop_size": 16,
+                                        "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
+                                        "std": [0.229, 0.224, 0.225]}
+
+    capsys.readouterr()
+    evaluated: list[dict[str, Any]] = []
+    evaluate = test_script.Trainer.evaluate
+
+    def recorded(self: Any, loader: Any, **options: Any) -> dict[str, float]:
+        evaluated.append(loader.preprocessing())
+        return evaluate(self, loader, **options)
+
+    monkeypatch.setattr(test_script.Trainer, "evaluate", recorded)
+    assert test_script.main(["-r", str(stopped / "latest.pth")]) == 0
+    assert evaluated == [resumed["preprocessing"]]  # test.py normalises as training did
+    accuracy = float(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("accuracy: "))
+                     .split()[1])
+    assert predict.main(["-r", str(stopped / "latest.pth"), str(photos / "test"), "--out", "p.csv"]) == 0
+    rows = list(csv.DictReader(Path("p.csv").open()))
+    right = sum(row["class"] == Path(row["path"]).parent.name for row in rows)
+    assert len(rows) == 15 and right / 15 == pytest.approx(accuracy, abs=1e-6)
