@@ -23,7 +23,7 @@ from engine.checkpoint import (
 from engine.device import on_device
 from engine.lr_schedule import check_step_budget
 from engine.metric_tracker import MetricTracker
-from engine.resume import apply_changes, capture_hyperparameters, check_changes
+from engine.resume import apply_changes, capture_hyperparameters, check_resumable
 from engine.signals import stop_request
 from logger.metrics_csv import MetricsCSV
 from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted, first_line
@@ -109,7 +109,7 @@ class CheckpointedRun:
         self.progress.not_improved_count = self.monitor.not_improved_count
         self.progress.epoch_metrics = self._epoch_metrics_state() if done else None
         state = training_state(self.progress, self.raw_model, self.optimizer, self.lr_scheduler,
-                               self.stepper.scaler, self.config.config, self.data_loader)
+                               self.stepper.scaler, self.config.config, self.data_loader, self.config.run_uid)
         failure = None
         if self._saver is not None:
             try:
@@ -214,6 +214,9 @@ class CheckpointedRun:
                         f"{processes(self.saved_world_size)} (its first {self.start_samples} samples)")
             logger.info("Resuming from '%s' at epoch %d with %s, in %s", self.config.resume_path, self.start_epoch,
                         done, run_dir)
+            if self.config.took_in_run:
+                logger.info("%s held no run: the run goes on in it, so its metrics.csv starts at epoch %d (the "
+                            "earlier rows are in the folder the checkpoint came from)", run_dir, self.start_epoch)
             if self.resumed_with:
                 logger.info("Resuming with new values: %s", self.resumed_with)
             if changed:
@@ -258,18 +261,8 @@ class CheckpointedRun:
         if self.config.fine_tune:
             self._load_fine_tuned(checkpoint, arch, path)
             return
-        if checkpoint["optimizer"] is None:  # e.g. converted by convert_checkpoint.py: weights only
-            raise InputError(f"checkpoint '{path}': holds weights only (no optimizer state), so it cannot be "
-                             f"resumed; fine-tune from it with --fine-tune -r {path}")
-        saved_optimizer = checkpoint["config"]["optimizer"]["type"]
-        if saved_optimizer != self.config["optimizer"]["type"]:
-            raise InputError(
-                f"checkpoint '{path}': saved with optimizer '{saved_optimizer}', the config asks for "
-                f"'{self.config['optimizer']['type']}'; resume with the same optimizer, or fine-tune with --fine-tune"
-            )
         changes = self.config.changes_from(checkpoint["config"])
-        scheduler_type = self.config["lr_scheduler"]["type"] if self.config["lr_scheduler"] else None
-        check_changes(changes, scheduler_type, path)
+        check_resumable(checkpoint, self.config.config, changes, path)
         load_weights(self.raw_model, checkpoint, arch, path)
         fresh = capture_hyperparameters(self.optimizer, self.lr_scheduler)  # built from the new config
         progress = restore_training_state(checkpoint, self.optimizer, self.lr_scheduler, self.stepper.scaler,

@@ -70,6 +70,23 @@ def check_changes(changes: dict[str, tuple[Any, Any]], scheduler_type: str | Non
         )
 
 
+def check_resumable(checkpoint: dict[str, Any], config: dict[str, Any], changes: dict[str, tuple[Any, Any]],
+                    path: Path | None) -> None:
+    """Refuse, in one line, a checkpoint that cannot be resumed under `config` (a validated
+    config whose `changes` from the checkpoint's are given): one without a training state, one
+    of another optimizer, or a change `check_changes` refuses. Reads nothing but the two."""
+    if checkpoint["optimizer"] is None:  # e.g. converted by convert_checkpoint.py: weights only
+        raise InputError(f"checkpoint '{path}': holds weights only (no optimizer state), so it cannot be "
+                         f"resumed; fine-tune from it with --fine-tune -r {path}")
+    saved_optimizer = checkpoint["config"]["optimizer"]["type"]
+    if saved_optimizer != config["optimizer"]["type"]:
+        raise InputError(
+            f"checkpoint '{path}': saved with optimizer '{saved_optimizer}', the config asks for "
+            f"'{config['optimizer']['type']}'; resume with the same optimizer, or fine-tune with --fine-tune"
+        )
+    check_changes(changes, config["lr_scheduler"]["type"] if config["lr_scheduler"] else None, path)
+
+
 def capture_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[list[dict], dict]:
     """The freshly built optimizer's param-group settings and scheduler state (built from the
     new config), taken before the checkpoint's state is loaded over them."""

@@ -1,6 +1,11 @@
 """The files that say how a run was made: its resolved `config.json`, and `run_info.json`, a
 list with one entry per invocation (the first start, then one more for every resume) holding
-the command line, working folder, start time, versions and the project's git commit.
+the run's identity, the command line, working folder, start time, versions and the project's
+git commit.
+
+A run's identity, `run_uid`, is a random id made when the run starts (a branch is a new run:
+it gets one of its own); every entry of run_info.json and every checkpoint of the run carries
+it, so that a checkpoint of another run is not resumed in this run's folder.
 
 Only the process that owns the run folder writes them (`ConfigParser.make_run_dir`, on rank 0,
 with the folder's lock held)."""
@@ -9,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -26,12 +32,24 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GIT_TIMEOUT_S = 5.0  # git on a slow network file system must not hold up training
 
 
-def save_run_files(run_dir: Path, config: dict[str, Any], resuming: bool) -> None:
-    """Write `config` to `config.json` and append this invocation to `run_info.json` in
-    `run_dir`, both or neither. An OSError is an InputError naming the folder (a full disk: a
-    DiskFull), and the files are left as they were."""
+def new_run_uid() -> str:
+    """A new run's identity: 16 random hex digits."""
+    return secrets.token_hex(8)
+
+
+def recorded_run_uid(run_dir: Path) -> str | None:
+    """The identity of the run that `run_dir` holds, by the last entry of its run_info.json that
+    records one; None without such an entry (no run yet, or one made before runs had one)."""
+    uids = [entry.get("run_uid") for entry in read_run_info(run_dir) if isinstance(entry, dict)]
+    return next((uid for uid in reversed(uids) if isinstance(uid, str)), None)
+
+
+def save_run_files(run_dir: Path, config: dict[str, Any], resuming: bool, run_uid: str | None = None) -> None:
+    """Write `config` to `config.json` and append this invocation (of the run `run_uid`) to
+    `run_info.json` in `run_dir`, both or neither. An OSError is an InputError naming the folder
+    (a full disk: a DiskFull), and the files are left as they were."""
     check_writable(run_dir, resuming)
-    contents = {"config.json": config, RUN_INFO: [*read_run_info(run_dir), invocation()]}
+    contents = {"config.json": config, RUN_INFO: [*read_run_info(run_dir), invocation(run_uid)]}
     _write_all(run_dir, contents)
 
 
@@ -66,9 +84,10 @@ def read_run_info(run_dir: Path) -> list[Any]:
     return entries
 
 
-def invocation() -> dict[str, Any]:
-    """How this process was started, as one `run_info.json` entry."""
+def invocation(run_uid: str | None = None) -> dict[str, Any]:
+    """How this process was started, as one `run_info.json` entry of the run `run_uid`."""
     return {
+        "run_uid": run_uid,
         "started": datetime.now().astimezone().isoformat(timespec="seconds"),
         "argv": list(sys.argv),
         "cwd": os.getcwd(),

@@ -86,6 +86,67 @@ def test_a_second_branch_from_the_same_epoch_gets_its_own_folder(three_epochs: P
         "run", "run-from-epoch1", "run-from-epoch1-2"]
 
 
+def run_uid(path: Path) -> str:
+    return load(path)["run_uid"]
+
+
+def test_every_file_of_a_run_names_its_run_and_a_branch_is_a_run_of_its_own(three_epochs: Path) -> None:
+    own = run_uid(three_epochs / "latest.pth")
+    assert len(own) == 16 and all(run_uid(path) == own for path in three_epochs.glob("*.pth"))
+    assert [entry["run_uid"] for entry in json.loads((three_epochs / "run_info.json").read_text())] == [own]
+    assert train.main(["-r", str(three_epochs / "checkpoint-epoch1.pth"), "-o", "trainer.epochs=4"]) == 0
+    branch = three_epochs.parent / "run-from-epoch1"
+    mine = run_uid(branch / "latest.pth")
+    assert mine != own
+    assert run_uid(branch / "model_best.pth") == mine  # carried from the run (epoch 1), made the branch's own
+    assert [entry["run_uid"] for entry in json.loads((branch / "run_info.json").read_text())] == [mine]
+
+
+@pytest.fixture
+def two_runs(make_config: ConfigFactory, tmp_path: Path) -> tuple[Path, Path]:
+    """Two finished runs of 2 epochs: `base` (batch 32) and `other` (batch 16)."""
+    (tmp_path / "config.json").write_text(json.dumps(make_config()))
+    assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "base"]) == 0
+    assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "other", "--bs", "16"]) == 0
+    return run_dir(tmp_path, "base"), run_dir(tmp_path, "other")
+
+
+@pytest.mark.parametrize("told_by", ["latest.pth", "run_info.json"])
+def test_a_checkpoint_of_another_run_is_refused_in_a_run_folder(
+    two_runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], told_by: str,
+) -> None:
+    base, other = two_runs
+    if told_by == "run_info.json":  # a folder whose latest.pth is gone still knows its run
+        (base / "latest.pth").unlink()
+    foreign = base / "foreign.pth"
+    foreign.write_bytes((other / "checkpoint-epoch2.pth").read_bytes())
+    before = snapshot(base)
+    assert train.main(["-r", str(foreign), "-o", "trainer.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint '{foreign}': it is of another run") and err.count("\n") == 1
+    assert "resume it from that run's own folder, or put it alone in an empty folder" in err
+    assert f"--fine-tune -r {foreign}" in err
+    assert snapshot(base) == before
+
+
+def test_a_checkpoint_alone_in_an_empty_folder_continues_its_run_there(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    base, other = two_runs
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "copied.pth").write_bytes((other / "checkpoint-epoch2.pth").read_bytes())
+    assert train.main(["-r", str(scratch / "copied.pth"), "-o", "trainer.epochs=3"]) == 0
+    assert [row["epoch"] for row in rows(scratch)] == ["3"]  # the rows before are in the run's first folder
+    assert run_uid(scratch / "latest.pth") == run_uid(other / "latest.pth")  # the same run, in a new place
+    assert "held no run: the run goes on in it, so its metrics.csv starts at epoch 3" in (
+        scratch / "train.log").read_text()
+    # now it holds that run: a checkpoint of another run is refused there
+    (scratch / "foreign.pth").write_bytes((base / "latest.pth").read_bytes())
+    assert train.main(["-r", str(scratch / "foreign.pth"), "-o", "trainer.epochs=4"]) == 2
+    assert "it is of another run" in capsys.readouterr().err
+
+
 @pytest.fixture
 def one_epoch(make_config: ConfigFactory, tmp_path: Path) -> Path:
     config = make_config(trainer__epochs=1)  # StepLR(step_size 5, gamma 0.5), Adam lr 0.001
