@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from engine import distributed
 from engine.signals import stop_request
 from utils.errors import InputError, TrainingInterrupted, first_line
+from utils.staged_files import temp_file_beside
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec's; while they exist they
 # are the fastest way from file bytes to a uint8 tensor, and PIL decodes everything once they go.
@@ -284,7 +284,7 @@ def _write_temporary(images: torch.Tensor, key: str, file: Path, suffix: str) ->
     again when the write fails."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=suffix)
+        fd, name = temp_file_beside(file, suffix)  # a normal file, as checkpoints are
     except OSError as exc:
         raise InputError(f"config: 'data_loader.args.cache_dir': cannot write the image cache into {file.parent}: "
                          f"{exc.strerror or exc}; give a writable folder, or null to decode every epoch") from None
@@ -292,6 +292,6 @@ def _write_temporary(images: torch.Tensor, key: str, file: Path, suffix: str) ->
         with os.fdopen(fd, "wb") as out:
             torch.save({"key": key, "images": images}, out)
     except BaseException:
-        Path(name).unlink(missing_ok=True)
+        name.unlink(missing_ok=True)
         raise
-    return Path(name)
+    return name

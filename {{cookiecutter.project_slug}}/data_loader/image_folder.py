@@ -52,7 +52,8 @@ class ImageFolderDataLoader(BaseDataLoader):
 
     `classes`: the class names in label order (test.py passes those of the checkpoint); None
     takes the sorted class folders of `train/`. The mapping used is `self.classes`.
-    `cache_dir`: where the decoded images are cached (relative to the current folder); None
+    `cache_dir`: where the decoded images are cached (a relative path: from the current folder;
+    the config's is made absolute when the run starts, config_schema.py); None
     decodes every image every epoch instead, as folders too large for memory always are
     (image_files.CACHE_MEMORY_FRACTION). `num_workers` only helps those: cached batches are cut
     from memory in the training process. The cache files of images decoded here are written

@@ -21,6 +21,7 @@ from engine.checkpoint import (
     training_state,
 )
 from engine.device import on_device
+from engine.fit_check import class_changes, named_classes
 from engine.lr_schedule import check_step_budget
 from engine.metric_tracker import MetricTracker
 from engine.resume import apply_changes, capture_hyperparameters, check_resumable
@@ -263,6 +264,7 @@ class CheckpointedRun:
             return
         changes = self.config.changes_from(checkpoint["config"])
         check_resumable(checkpoint, self.config.config, changes, path)
+        self._check_same_classes(checkpoint, path)
         load_weights(self.raw_model, checkpoint, arch, path)
         fresh = capture_hyperparameters(self.optimizer, self.lr_scheduler)  # built from the new config
         progress = restore_training_state(checkpoint, self.optimizer, self.lr_scheduler, self.stepper.scaler,
@@ -285,6 +287,15 @@ class CheckpointedRun:
             self.monitor.best = progress.monitor_best
         self.monitor.not_improved_count = progress.not_improved_count
 
+    def _check_same_classes(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """A resume goes on with the classes it trained on (data that moved is the same data):
+        refuse, in one line, a data loader whose class names differ from the checkpoint's."""
+        saved, now = named_classes(checkpoint["classes"]), named_classes(getattr(self.data_loader, "classes", None))
+        if saved is not None and now is not None and saved != now:
+            raise InputError(f"checkpoint '{path}': resuming cannot change the classes ({class_changes(saved, now)}): "
+                             "it would no longer be the same run; to train on these classes, start a new run from "
+                             "these weights: --fine-tune -r CHECKPOINT")
+
     def _load_fine_tuned(self, checkpoint: dict[str, Any], arch: str, path: Path) -> None:
         """The checkpoint's weights alone, all of them or (`--partial`) those whose names and
         shapes fit; what was left out is said in the run's log."""
@@ -297,6 +308,10 @@ class CheckpointedRun:
             raise InputError(f"{exc}; to start from the {len(exc.fit.matching)} of its {exc.fit.in_checkpoint} "
                              "tensors that fit (the others as initialised), add --partial") from None
         self.start_note = f"Fine-tuning from the weights of '{path}' (epoch {checkpoint['epoch']})"
+        saved, now = named_classes(checkpoint["classes"]), named_classes(getattr(self.data_loader, "classes", None))
+        if saved is not None and now is not None and saved != now and self.is_main:  # every tensor may still fit
+            logger.warning("The data's classes are not the checkpoint's: %s; fine-tuning teaches those outputs the "
+                           "data's classes", class_changes(saved, now))
         if partial:
             left_out = f"; left out: {fit.difference()}" if not fit.exact else ""
             self.start_note += (f": --partial loaded {len(fit.matching)} of its {fit.in_checkpoint} tensors (the "

@@ -18,6 +18,9 @@ TAKEN_AS_GIVEN = {
     "trainer.epochs", "trainer.early_stop", "trainer.save_period", "trainer.keep_last", "trainer.verbosity",
     "trainer.save_every_minutes", "trainer.save_every_steps", "trainer.tensorboard",
     "n_gpu", "data_loader.args.num_workers",  # where it runs and how fast it loads, not what it computes
+    # where the files are, not what they are: the same data moved (staged to a node's disk, a new mount
+    # point), the image cache elsewhere; the save_dir of this config's later runs (a resume stays in its folder)
+    "data_loader.args.data_dir", "data_loader.args.cache_dir", "trainer.save_dir",
     "trainer.compile", "trainer.deterministic",
     "metrics",  # what is measured, not what is trained: a new metric becomes a new metrics.csv column
     # where a tracker mirrors the epochs (a project generated with it)

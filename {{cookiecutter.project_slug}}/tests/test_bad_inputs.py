@@ -240,14 +240,14 @@ CATALOGUE = [
          "checkpoint 'truncated.pth': not a readable checkpoint", script="test"),
     # Data
     Case("mnist-absent-offline", "data", ("-c", "config.json", "-o", "data_loader.args.data_dir=no_data"),
-         "MNIST not found in 'no_data/MNIST/raw': missing train-images-idx3-ubyte"),
+         "/no_data/MNIST/raw': missing train-images-idx3-ubyte"),  # the path as the run records it: absolute
     Case("data-dir-a-file", "data", ("-c", "config.json", "-o", "data_loader.args.data_dir=a_file"),
-         "'data_loader.args.data_dir' is 'a_file', which is a file, not a folder"),
+         "/a_file', which is a file, not a folder"),
     Case("mnist-file-damaged", "data", ("-c", "config.json", "-o", "data_loader.args.data_dir=damaged"),
-         "MNIST file 'damaged/MNIST/raw/train-images-idx3-ubyte' is damaged"),
+         "/damaged/MNIST/raw/train-images-idx3-ubyte' is damaged"),
     Case("dry-run-downloads-nothing", "data",
          ("-c", "config.json", "--dry-run", "-o", "data_loader.args.data_dir=no_data"),
-         "MNIST not found in 'no_data/MNIST/raw'"),
+         "/no_data/MNIST/raw'"),
 ]
 
 

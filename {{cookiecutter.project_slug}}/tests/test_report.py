@@ -221,7 +221,7 @@ def test_the_wall_time_sums_the_invocations_without_the_waits_between(tmp_path: 
 # (id, the command line (in a folder holding config.json with save_dir `saved` and runs `good`,
 # `good2` and bad ones), what the error line must say)
 BAD_INPUTS: list[tuple[str, list[str], str]] = [
-    ("no-runs-of-the-config", [], "no runs of config 'config.json' in 'saved/Mnist_LeNet' yet"),
+    ("no-runs-of-the-config", [], "/saved/Mnist_LeNet' yet; train one with python train.py -c config.json"),
     ("no-such-folder", ["nope"], "'nope': no such run or folder"),
     ("a-file", ["config.json"], "'config.json': a file, not a run folder"),
     ("a-folder-without-runs", ["empty"], "'empty': not a run folder (no config.json) and holds no run folders"),

@@ -5,6 +5,7 @@ processes that could not go on exactly (a per-step schedule, a loader that count
 
 import csv
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchvision import datasets
 
+import test as test_script
 import train
 from engine.checkpoint import Progress
 from parse_config import ConfigParser
@@ -145,6 +148,50 @@ def test_a_checkpoint_alone_in_an_empty_folder_continues_its_run_there(
     (scratch / "foreign.pth").write_bytes((base / "latest.pth").read_bytes())
     assert train.main(["-r", str(scratch / "foreign.pth"), "-o", "trainer.epochs=4"]) == 2
     assert "it is of another run" in capsys.readouterr().err
+
+
+@pytest.fixture
+def project_run(make_config: ConfigFactory, tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """latest.pth of a 1-epoch run started in a project folder whose config names its paths
+    relative to it (`data/`, `saved/`), as the shipped config does; the test then runs elsewhere,
+    offline (MNIST downloads go to a closed local port)."""
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    project = tmp_path / "project"
+    shutil.copytree(mnist_dir, project / "data")
+    config = make_config(trainer__epochs=1, trainer__save_dir="saved/")
+    config["data_loader"]["args"]["data_dir"] = "data/"
+    (project / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(project)
+    assert train.main(["-c", "config.json", "--run-id", "run"]) == 0
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    return project / "saved" / "Mnist_LeNet" / "run" / "latest.pth"
+
+
+def test_a_run_records_its_paths_absolute_and_resumes_from_any_folder(project_run: Path) -> None:
+    project = project_run.parents[3]
+    recorded = json.loads((project_run.parent / "config.json").read_text())
+    assert recorded["data_loader"]["args"]["data_dir"] == str(project / "data")
+    assert recorded["trainer"]["save_dir"] == str(project / "saved")
+    assert train.main(["-r", str(project_run), "-o", "trainer.epochs=2"]) == 0
+    assert [row["epoch"] for row in rows(project_run.parent)] == ["1", "2"]
+    assert test_script.main(["-r", str(project_run)]) == 0  # evaluated on the run's own data, from here
+
+
+def test_data_that_moved_is_named_on_resume_applied_and_logged(
+    project_run: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    project = project_run.parents[3]
+    (project / "data").rename(project / "moved")  # staged elsewhere: the same data
+    assert train.main(["-r", str(project_run), "-o", "trainer.epochs=2"]) == 2
+    assert f"MNIST not found in '{project / 'data'}/MNIST/raw'" in capsys.readouterr().err  # where the run had it
+    moved = project / "moved"
+    assert train.main(["-r", str(project_run), "-o", "trainer.epochs=2", "-o", f"data_loader.args.data_dir={moved}"
+                       ]) == 0
+    assert [row["epoch"] for row in rows(project_run.parent)] == ["1", "2"]
+    recorded = json.loads((project_run.parent / "config.json").read_text())
+    assert recorded["data_loader"]["args"]["data_dir"] == str(moved)
+    log = (project_run.parent / "train.log").read_text()
+    assert f"Resuming with new values: data_loader.args.data_dir '{project / 'data'}' -> '{moved}'" in log
 
 
 @pytest.fixture
