@@ -123,6 +123,8 @@ class CheckpointedRun:
         if failure is not None:
             raise DiskFull(*failure)
         self.saving.saved(self.progress.global_step)
+        if not latest_only:
+            self.saved_epoch = epoch
 
     def _samples_done(self, batches_done: int) -> int | None:
         """The samples of this epoch's order trained after `batches_done` batches of each
@@ -277,7 +279,7 @@ class CheckpointedRun:
             least = f", N at least {progress.epoch + 1}" if progress.batches_done else ""
             raise InputError(f"checkpoint '{path}': the run {where} trainer.epochs {self.epochs}; "
                              f"to train longer, resume with -o trainer.epochs=N{least}")
-        self.progress = progress
+        self.progress, self.saved_epoch = progress, progress.epoch
         self.start_epoch, self.saved_world_size = progress.epoch + 1, checkpoint["world_size"]
         self.start_batch, self.start_samples = self._resume_position(progress, path)
         if self.scheduler_interval == "step":  # after the check of the number of processes, which says more

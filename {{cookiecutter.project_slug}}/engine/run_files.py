@@ -7,14 +7,19 @@ A run's identity, `run_uid`, is a random id made when the run starts (a branch i
 it gets one of its own); every entry of run_info.json and every checkpoint of the run carries
 it, so that a checkpoint of another run is not resumed in this run's folder.
 
-Only the process that owns the run folder writes them (`ConfigParser.make_run_dir`, on rank 0,
-with the folder's lock held)."""
+When the process ends, its entry gets `ended`: how the run ended (`record_end`, which the
+trainer calls).
+
+Only the process that owns the run folder writes them (`ConfigParser.make_run_dir` and the
+trainer, on rank 0, with the folder's lock held)."""
 
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,8 +29,10 @@ from typing import Any
 
 import torch
 
-from utils.errors import InputError
+from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted, exit_status_of, first_line
 from utils.staged_files import StagedFiles, full_disk_reported
+
+logger = logging.getLogger(__name__)
 
 RUN_INFO = "run_info.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +58,40 @@ def save_run_files(run_dir: Path, config: dict[str, Any], resuming: bool, run_ui
     check_writable(run_dir, resuming)
     contents = {"config.json": config, RUN_INFO: [*read_run_info(run_dir), invocation(run_uid)]}
     _write_all(run_dir, contents)
+
+
+def outcome(exc: BaseException | None) -> tuple[str, int]:
+    """How a run that ended with `exc` (None: it returned) ended, and the exit status that
+    says so: `finished` 0, `stopped` 128 + signal (also a second Ctrl-C, which exits at once),
+    `diverged` 3, `no space` 4, `crashed` (any other error: its status, 1 for a bug)."""
+    if exc is None:
+        return "finished", 0
+    if isinstance(exc, TrainingInterrupted):
+        return "stopped", 128 + exc.signal_number
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        return "stopped", 128 + signal.SIGINT
+    if isinstance(exc, TrainingDiverged):
+        return "diverged", TrainingDiverged.EXIT_STATUS
+    if isinstance(exc, DiskFull):
+        return "no space", DiskFull.EXIT_STATUS
+    return "crashed", exit_status_of(exc) or 1
+
+
+def record_end(run_dir: Path, how: str, status: int, epoch: int) -> None:
+    """Add `ended` (`at`, `outcome` `how`, exit `status`, the last finished `epoch`) to this
+    invocation's entry, the last of `run_dir/run_info.json`, whole or not at all. It never
+    raises: a failure to write (a full disk, whose last bytes are the run's saves) is a warning,
+    the file stays as it was, and report.py then judges the run by its files. A folder removed
+    meanwhile (a new run that failed before its first checkpoint) is left alone."""
+    try:
+        entries = read_run_info(run_dir)
+        if not entries or not isinstance(entries[-1], dict):
+            return
+        at = datetime.now().astimezone().isoformat(timespec="seconds")
+        entries[-1]["ended"] = {"at": at, "outcome": how, "status": status, "epoch": epoch}
+        _write_all(run_dir, {RUN_INFO: entries})
+    except Exception as exc:  # noqa: BLE001  (the record must never change how the run ended)
+        logger.warning("Could not record how the run ended in %s: %s", run_dir / RUN_INFO, first_line(exc))
 
 
 def check_writable(run_dir: Path, resuming: bool) -> None:
