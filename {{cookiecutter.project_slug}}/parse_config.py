@@ -14,10 +14,10 @@ from types import ModuleType
 from typing import Any
 
 from config_schema import normalized, validate
-from engine.branch import is_older_than_its_run, make_branch_folder, start_branch
+from engine.branch import check_resume_folder, is_older_than_its_run, make_branch_folder, start_branch
 from engine.checkpoint import forget_read_checkpoint, load_checkpoint
-from engine.resume import config_changes
-from engine.run_files import check_writable, save_run_files
+from engine.resume import check_resumable, config_changes
+from engine.run_files import check_writable, new_run_uid, recorded_run_uid, save_run_files
 from engine.run_lock import RunLock
 from utils.errors import DiskFull, InputError
 from utils.staged_files import full_disk_reported
@@ -86,6 +86,8 @@ class ConfigParser:
         self.finished: str | None = None  # `--resume-or-start` of a run that has ended: why there is nothing to do
         self.run_dir: Path | None = None
         self.branched_from: Path | None = None  # the run folder a resume from an older checkpoint branched off
+        self.took_in_run = False  # a resume made a folder that held no run the run's folder (engine/branch.py)
+        self.run_uid: str | None = None  # the run's identity (engine/run_files.py), known once make_run_dir ran
         self.made_run_dir = False  # this process created the run folder
         self.run_lock: RunLock | None = None  # held from make_run_dir until release_run_dir
 
@@ -97,6 +99,11 @@ class ConfigParser:
         from `saved` (a checkpoint's config), defaults filled in on both sides; what a resume may
         change of them is engine/resume.py's to say."""
         return config_changes(normalized(saved), self.config)
+
+    def check_resume(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, in one line and before anything is built or read, to resume `checkpoint` (the
+        one at `resume_path`) with this config (engine/resume.py); the trainer checks again."""
+        check_resumable(checkpoint, self.config, self.changes_from(checkpoint["config"]), self.resume_path)
 
     @property
     def resuming(self) -> bool:
@@ -111,7 +118,7 @@ class ConfigParser:
         were. The path is absolute, so that every message names the folder the same way."""
         try:
             run_dir = self._claim_resumed_run_dir() if self.resuming else self._claim_new_run_dir()
-            save_run_files(run_dir, self.config, resuming=self.resuming)
+            save_run_files(run_dir, self.config, resuming=self.resuming, run_uid=self.run_uid)
         except BaseException as exc:
             self._give_up_run_dir()
             if isinstance(exc, DiskFull):
@@ -152,6 +159,7 @@ class ConfigParser:
             except OSError as exc:
                 raise InputError(f"run directory '{run_dir}': cannot create it ({exc.strerror or exc})") from None
             self._hold(RunLock.take(run_dir), made=True)
+            self.run_uid = new_run_uid()
             return run_dir
 
     def _restart_in(self, run_dir: Path) -> Path:
@@ -164,14 +172,17 @@ class ConfigParser:
         if checkpoints:
             raise InputError(f"run directory '{run_dir}' holds {', '.join(checkpoints)} but no latest.pth; resume "
                              "from one of them with -r, or move the folder away to start the run again")
+        self.run_uid = recorded_run_uid(run_dir) or new_run_uid()  # the same run, started again
         return run_dir
 
     def _claim_resumed_run_dir(self) -> Path:
-        """The folder of the checkpoint, locked, when the checkpoint is its newest state; else a
-        new branch beside it (engine/branch.py), locked, filled, and the run's folder untouched.
-        Which one is decided with the run's lock held, when this process can have it."""
+        """The folder of the checkpoint, locked, when the checkpoint is its run's newest state
+        (or the folder holds no run yet); else a new branch beside it (engine/branch.py), locked,
+        filled, and the run's folder untouched. Which one is decided with the run's lock held,
+        when this process can have it. A checkpoint of another run than the folder's is refused."""
         assert self.resume_path is not None
         checkpoint = load_checkpoint(self.resume_path)  # already read by the trainer: not read again
+        check_resume_folder(self.resume_path, checkpoint)  # before the lock, whose file it would leave alone
         source = self.resume_path.resolve().parent
         lock: RunLock | None = None
         refused: InputError | None = None
@@ -181,15 +192,19 @@ class ConfigParser:
         except InputError as exc:  # in use, or read-only: fine for a branch, which leaves the run alone
             refused = exc
         self._hold(lock, made=False)
+        empty = check_resume_folder(self.resume_path, checkpoint)  # again, with the lock: now nothing changes it
         if not is_older_than_its_run(self.resume_path, checkpoint):
             if refused is not None:
                 raise refused
+            self.took_in_run = empty
+            self.run_uid = checkpoint["run_uid"] or recorded_run_uid(source) or new_run_uid()
             return source
         self._give_up_run_dir()  # the run's folder stays exactly as it was
         branch = make_branch_folder(source, checkpoint["epoch"])
         self._hold(RunLock.take(branch), made=True)
         self.branched_from = source
-        start_branch(self.resume_path, checkpoint, branch)
+        self.run_uid = new_run_uid()  # a branch is a run of its own
+        start_branch(self.resume_path, checkpoint, branch, self.run_uid)
         return branch
 
     def _hold(self, lock: RunLock | None, made: bool) -> None:

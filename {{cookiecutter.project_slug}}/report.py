@@ -3,9 +3,10 @@
 
 Prints one Markdown table of the runs side by side: state, epochs, the best monitored value and
 its epoch, the final lr, the wall time and the config keys in which they differ. Runs that
-differ only in trainer.seed are one row (mean ± sample standard deviation). In a project made
-with sweeps, a study's folder lists its trials. Only reads run folders; writes only the files it
-is asked for."""
+differ only in trainer.seed (each seed once) are one row (mean ± sample standard deviation). A
+run found in a folder of runs that cannot be read is left out with a line saying why; one named
+itself is an error. In a project made with sweeps, a study's folder lists its trials. Only reads
+run folders; writes only the files it is asked for."""
 
 import argparse
 import importlib.util
@@ -85,8 +86,9 @@ def report(args: argparse.Namespace) -> tuple[Table, dict[Path, bytes]]:
 
         table, rows, study = study_report(paths[0])
     else:
-        table, rows = runs_table(read_runs(find_runs(paths)))
-        notes = study_notes(paths)
+        runs, left_out = read_runs(*find_runs(paths))
+        table, rows = runs_table(runs)
+        notes = left_out + study_notes(paths)
     files: dict[Path, bytes] = {}
     if args.plot:
         check_metrics([run for row in rows for run in row.runs], args.plot)

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     # change nothing after its last one. A dry run writes nothing: they end it at once (exit_status).
     with contextlib.nullcontext() if args.dry_run else stop_request.listening():
         try:
-            config = config_from_args(args, SHORTCUTS)
+            config = config_from_args(args, SHORTCUTS, training=True)
             if args.dry_run:
                 dry_run(config)
             else:

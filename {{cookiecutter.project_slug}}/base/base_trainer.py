@@ -30,6 +30,7 @@ from engine.lr_schedule import check_step_budget, scheduler_interval, step_sched
 from engine.metric_tracker import RECENT_BATCHES, MetricTracker
 from engine.monitor import Monitor
 from engine.optimizer_step import OptimizerStep
+from engine.run_files import outcome, record_end
 from engine.signals import stop_request
 from logger.epoch_writer import EpochWriter, connect_tracker
 from parse_config import ConfigParser
@@ -86,6 +87,7 @@ class BaseTrainer(CheckpointedRun):
         self.stop_signal: int | None = None  # SIGINT/SIGTERM that stops training, agreed by every rank
         self.stop_requested = False  # set by on_epoch_end (e.g. a pruned trial): stop after this epoch
         self.last_checkpoint: str | None = None  # what this run last wrote: the one to go back to
+        self.saved_epoch = 0  # the last epoch whose end was saved (its row and checkpoints)
         self.resumed_with = ""  # the config changes a resume applied, for the log
         self.start_note = ""  # what a fine-tuned run starts from, for the log
         self._saver: CheckpointSaver | None = None
@@ -141,10 +143,18 @@ class BaseTrainer(CheckpointedRun):
             if signal_number:
                 raise TrainingInterrupted(signal_number, None)
             run_dir = self._make_run_dir()  # rank 0 holds its lock from here until the run ends
+            ended: BaseException | None = None
             try:
                 return self._train_in(run_dir)
+            except BaseException as exc:
+                ended = exc
+                raise
             finally:
-                self.config.release_run_dir()
+                try:
+                    if self.is_main:  # how the run ended, in its run_info.json entry (report.py reads it)
+                        record_end(run_dir, *outcome(ended), epoch=self.saved_epoch)
+                finally:
+                    self.config.release_run_dir()
 
     def _train_in(self, run_dir: Path) -> dict[str, float]:
         options = self.config["trainer"]

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 import weakref
@@ -42,7 +41,7 @@ from base.preprocessing import Preprocessing, centre_offset
 from engine import distributed
 from engine.signals import stop_request
 from utils.errors import InputError, TrainingInterrupted, first_line
-from utils.staged_files import full_disk_reported
+from utils.staged_files import full_disk_reported, temp_file_beside
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec's; while they exist they
 # are the fastest way from file bytes to a uint8 tensor, and PIL decodes everything once they go.
@@ -432,7 +431,7 @@ def _write_temporary(images: torch.Tensor | Iterator[torch.Tensor], file: Path, 
     again when the write fails or is stopped."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=suffix)
+        fd, name = temp_file_beside(file, suffix)  # a normal file, as checkpoints are
     except OSError as exc:
         raise InputError(f"config: 'data_loader.args.cache_dir': cannot write the image cache into {file.parent}: "
                          f"{exc.strerror or exc}; give a writable folder, or null to decode every epoch") from None
@@ -446,9 +445,9 @@ def _write_temporary(images: torch.Tensor | Iterator[torch.Tensor], file: Path, 
             out.flush()
             os.fsync(out.fileno())
     except BaseException:
-        Path(name).unlink(missing_ok=True)
+        name.unlink(missing_ok=True)
         raise
-    return Path(name)
+    return name
 
 
 def _write_array(out: BinaryIO, shape: tuple[int, ...], parts: Iterable[torch.Tensor]) -> None:

@@ -78,7 +78,8 @@ class ImageFolderDataLoader(BaseDataLoader):
     0.5 when it has none.
     `classes`: the class names in label order (test.py passes those of the checkpoint); None
     takes the sorted class folders of `train/`. The mapping used is `self.classes`.
-    `cache_dir`: where the decoded images are cached (relative to the current folder); a folder
+    `cache_dir`: where the decoded images are cached (a relative path: from the current folder;
+    the config's is made absolute when the run starts, config_schema.py); a folder
     whose images exceed image_files.CACHE_MEMORY_FRACTION of memory is read through a memory map
     of its cache file. None decodes every image every epoch instead (in `num_workers` worker
     processes). The cache files of images decoded here are written when the loader is first

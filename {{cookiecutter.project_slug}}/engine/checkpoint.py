@@ -19,8 +19,9 @@ from utils.staged_files import StagedFiles
 # than this is refused. 1: weights and epoch-level state; 2: the position inside an epoch, RNGs;
 # 3: the class list of image folders, every DDP rank's running metrics, no tensorboard_step;
 # 4: the number of processes that trained, and the position inside an epoch in samples;
-# 5: the data loader's evaluation `preprocessing` (and its `classes` for any loader that has them).
-FORMAT_VERSION = 5
+# 5: the data loader's evaluation `preprocessing` (and its `classes` for any loader that has them);
+# 6: `run_uid`, the identity of the run that wrote it (engine/run_files.py).
+FORMAT_VERSION = 6
 REQUIRED_KEYS = ("format_version", "arch", "epoch", "state_dict", "config")
 
 
@@ -72,13 +73,11 @@ class CheckpointSaver:
 
     def _write(self, state: dict[str, Any], names: list[str], row_files: dict[Path, bytes]) -> list[Path]:
         """Serialise `state` once and write it, with `row_files`, to each of `names` in the run directory."""
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
         paths = [self.run_dir / name for name in names]
         with StagedFiles() as files:
             for path, content in row_files.items():
                 files.add(content, path)
-            files.add(buffer.getvalue(), *paths)
+            files.add(_serialised(state), *paths)
             files.commit()
         return paths
 
@@ -88,6 +87,20 @@ class CheckpointSaver:
         periodic = sorted(self.run_dir.glob("checkpoint-epoch*.pth"), key=_epoch_of)
         for old in periodic[: -self.keep_last]:
             old.unlink(missing_ok=True)
+
+
+def write_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write the checkpoint dict `state` to `path` whole (temp file, flush, rename); a full disk
+    is a DiskFull and leaves `path` as it was."""
+    with StagedFiles() as files:
+        files.add(_serialised(state), path)
+        files.commit()
+
+
+def _serialised(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def _epoch_of(path: Path) -> int:
@@ -127,9 +140,23 @@ def _identity(path: Path) -> tuple[str, int, int] | None:
     return str(path.resolve()), info.st_mtime_ns, info.st_size
 
 
+def run_uid_of(path: Path) -> str | None:
+    """The `run_uid` of the checkpoint at `path`, read without reading its tensors (they are
+    memory-mapped, not loaded); None for a checkpoint older than format 6, and for a file that
+    cannot be read as a checkpoint."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (torch raises many types for a damaged or foreign file: no identity)
+        return None
+    uid = checkpoint.get("run_uid") if isinstance(checkpoint, dict) else None
+    return uid if isinstance(uid, str) else None
+
+
 def _read(path: Path) -> dict[str, Any]:
     if path.is_dir():
-        raise InputError(f"checkpoint '{path}': a folder, not a checkpoint file")
+        latest = path / "latest.pth"
+        hint = f"; did you mean {latest}?" if latest.is_file() else ""  # a run folder: its newest state
+        raise InputError(f"checkpoint '{path}': a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise InputError(f"checkpoint '{path}': no such file")
     try:
@@ -168,6 +195,8 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
         upgraded["samples_done"] = _samples_done(upgraded)
     if upgraded["format_version"] < 5:
         upgraded["preprocessing"] = _preprocessing_before_5(upgraded["config"])
+    if upgraded["format_version"] < 6:
+        upgraded["run_uid"] = None  # unknown: a resume judges it by its position alone, as before format 6
     upgraded["format_version"] = FORMAT_VERSION
     return upgraded
 
@@ -221,10 +250,11 @@ class Progress:
 
 
 def training_state(progress: Progress, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                   scaler: Any, config: dict[str, Any], loader: Any = None) -> dict[str, Any]:
+                   scaler: Any, config: dict[str, Any], loader: Any = None,
+                   run_uid: str | None = None) -> dict[str, Any]:
     """Everything the next batch depends on, as plain data (loads with weights_only=True): the
     checkpoint dict. Under DDP every rank's RNG state is gathered into `rng_per_rank`;
-    `world_size` is the number of processes that trained."""
+    `world_size` is the number of processes that trained; `run_uid` names the run."""
     rng = rng_state()
     return {
         "format_version": FORMAT_VERSION,
@@ -241,6 +271,7 @@ def training_state(progress: Progress, model: nn.Module, optimizer: torch.optim.
         "classes": getattr(loader, "classes", None),  # class names in label order: test.py and predict.py use them
         "preprocessing": loader.preprocessing() if hasattr(loader, "preprocessing") else None,  # for predict/export
         "config": config,
+        "run_uid": run_uid,  # which run wrote it: a resume in place must be of the folder's own run
     }
 
 
@@ -289,7 +320,29 @@ def _unreadable(path: Path, exc: Exception) -> str:
     message = message.partition("WeightsUnpickler error:")[2] or message
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     reason = " ".join(lines[0].split()) if lines else type(exc).__name__
-    return f"checkpoint '{path}': not a readable checkpoint ({reason[:200]})"
+    if _DAMAGED_ZIP in reason:  # torch's next sentences only say so at length
+        damaged = "the file is cut short or damaged"
+        return f"checkpoint '{path}': not a readable checkpoint: {damaged} ({_sentences(reason, 1)})"
+    return f"checkpoint '{path}': not a readable checkpoint ({_sentences(reason)})"
+
+
+_DAMAGED_ZIP = "failed reading zip archive"  # torch's words for a checkpoint file cut short or damaged
+_REASON_LIMIT = 200  # characters of torch's reason kept in the one-line message
+
+
+def _sentences(text: str, most: int | None = None) -> str:
+    """The first sentences of `text` (at most `most`) that fit in _REASON_LIMIT characters, so
+    that a message is never cut mid-sentence (a first sentence longer than that is cut at a word,
+    with '...'); without the last sentence's full stop, as the message's parentheses close it."""
+    sentences = re.split(r"(?<=[.!?])\s+", text.strip())[:most]
+    kept = sentences[0]
+    for sentence in sentences[1:]:
+        if len(kept) + 1 + len(sentence) > _REASON_LIMIT:
+            break
+        kept += " " + sentence
+    if len(kept) > _REASON_LIMIT:
+        return kept[:_REASON_LIMIT].rsplit(" ", 1)[0] + " ..."
+    return kept.removesuffix(".")
 
 
 Shape = tuple[int, ...]

@@ -21,9 +21,10 @@ from engine.checkpoint import (
     training_state,
 )
 from engine.device import on_device
+from engine.fit_check import class_changes, named_classes
 from engine.lr_schedule import check_step_budget
 from engine.metric_tracker import MetricTracker
-from engine.resume import apply_changes, capture_hyperparameters, check_changes
+from engine.resume import apply_changes, capture_hyperparameters, check_resumable
 from engine.signals import stop_request
 from logger.metrics_csv import MetricsCSV
 from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted, first_line
@@ -109,7 +110,7 @@ class CheckpointedRun:
         self.progress.not_improved_count = self.monitor.not_improved_count
         self.progress.epoch_metrics = self._epoch_metrics_state() if done else None
         state = training_state(self.progress, self.raw_model, self.optimizer, self.lr_scheduler,
-                               self.stepper.scaler, self.config.config, self.data_loader)
+                               self.stepper.scaler, self.config.config, self.data_loader, self.config.run_uid)
         failure = None
         if self._saver is not None:
             try:
@@ -122,6 +123,8 @@ class CheckpointedRun:
         if failure is not None:
             raise DiskFull(*failure)
         self.saving.saved(self.progress.global_step)
+        if not latest_only:
+            self.saved_epoch = epoch
 
     def _samples_done(self, batches_done: int) -> int | None:
         """The samples of this epoch's order trained after `batches_done` batches of each
@@ -214,6 +217,9 @@ class CheckpointedRun:
                         f"{processes(self.saved_world_size)} (its first {self.start_samples} samples)")
             logger.info("Resuming from '%s' at epoch %d with %s, in %s", self.config.resume_path, self.start_epoch,
                         done, run_dir)
+            if self.config.took_in_run:
+                logger.info("%s held no run: the run goes on in it, so its metrics.csv starts at epoch %d (the "
+                            "earlier rows are in the folder the checkpoint came from)", run_dir, self.start_epoch)
             if self.resumed_with:
                 logger.info("Resuming with new values: %s", self.resumed_with)
             if changed:
@@ -258,18 +264,9 @@ class CheckpointedRun:
         if self.config.fine_tune:
             self._load_fine_tuned(checkpoint, arch, path)
             return
-        if checkpoint["optimizer"] is None:  # e.g. converted by convert_checkpoint.py: weights only
-            raise InputError(f"checkpoint '{path}': holds weights only (no optimizer state), so it cannot be "
-                             f"resumed; fine-tune from it with --fine-tune -r {path}")
-        saved_optimizer = checkpoint["config"]["optimizer"]["type"]
-        if saved_optimizer != self.config["optimizer"]["type"]:
-            raise InputError(
-                f"checkpoint '{path}': saved with optimizer '{saved_optimizer}', the config asks for "
-                f"'{self.config['optimizer']['type']}'; resume with the same optimizer, or fine-tune with --fine-tune"
-            )
         changes = self.config.changes_from(checkpoint["config"])
-        scheduler_type = self.config["lr_scheduler"]["type"] if self.config["lr_scheduler"] else None
-        check_changes(changes, scheduler_type, path)
+        check_resumable(checkpoint, self.config.config, changes, path)
+        self._check_same_classes(checkpoint, path)
         load_weights(self.raw_model, checkpoint, arch, path)
         fresh = capture_hyperparameters(self.optimizer, self.lr_scheduler)  # built from the new config
         progress = restore_training_state(checkpoint, self.optimizer, self.lr_scheduler, self.stepper.scaler,
@@ -282,7 +279,7 @@ class CheckpointedRun:
             least = f", N at least {progress.epoch + 1}" if progress.batches_done else ""
             raise InputError(f"checkpoint '{path}': the run {where} trainer.epochs {self.epochs}; "
                              f"to train longer, resume with -o trainer.epochs=N{least}")
-        self.progress = progress
+        self.progress, self.saved_epoch = progress, progress.epoch
         self.start_epoch, self.saved_world_size = progress.epoch + 1, checkpoint["world_size"]
         self.start_batch, self.start_samples = self._resume_position(progress, path)
         if self.scheduler_interval == "step":  # after the check of the number of processes, which says more
@@ -291,6 +288,15 @@ class CheckpointedRun:
         if progress.monitor_best is not None:
             self.monitor.best = progress.monitor_best
         self.monitor.not_improved_count = progress.not_improved_count
+
+    def _check_same_classes(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """A resume goes on with the classes it trained on (data that moved is the same data):
+        refuse, in one line, a data loader whose class names differ from the checkpoint's."""
+        saved, now = named_classes(checkpoint["classes"]), named_classes(getattr(self.data_loader, "classes", None))
+        if saved is not None and now is not None and saved != now:
+            raise InputError(f"checkpoint '{path}': resuming cannot change the classes ({class_changes(saved, now)}): "
+                             "it would no longer be the same run; to train on these classes, start a new run from "
+                             "these weights: --fine-tune -r CHECKPOINT")
 
     def _load_fine_tuned(self, checkpoint: dict[str, Any], arch: str, path: Path) -> None:
         """The checkpoint's weights alone, all of them or (`--partial`) those whose names and
@@ -304,6 +310,10 @@ class CheckpointedRun:
             raise InputError(f"{exc}; to start from the {len(exc.fit.matching)} of its {exc.fit.in_checkpoint} "
                              "tensors that fit (the others as initialised), add --partial") from None
         self.start_note = f"Fine-tuning from the weights of '{path}' (epoch {checkpoint['epoch']})"
+        saved, now = named_classes(checkpoint["classes"]), named_classes(getattr(self.data_loader, "classes", None))
+        if saved is not None and now is not None and saved != now and self.is_main:  # every tensor may still fit
+            logger.warning("The data's classes are not the checkpoint's: %s; fine-tuning teaches those outputs the "
+                           "data's classes", class_changes(saved, now))
         if partial:
             left_out = f"; left out: {fit.difference()}" if not fit.exact else ""
             self.start_note += (f": --partial loaded {len(fit.matching)} of its {fit.in_checkpoint} tensors (the "

@@ -96,15 +96,37 @@ def check_class_count(classes: Any, outputs: int) -> None:
     outputs: fewer outputs is an InputError. More is a warning, not an error: a head sized for
     classes still to come (or kept from a checkpoint) trains correctly, the extra outputs only
     learn never to win; but it is more often a forgotten `arch.args.num_classes`."""
-    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
+    if named_classes(classes) is None:
         return
     if outputs < len(classes):
         raise InputError(f"config: the data has {len(classes)} classes ({listed(classes)}) but the model outputs "
                          f"{outputs}; set 'arch.args.num_classes' to {len(classes)}")
     if outputs > len(classes):
-        logger.warning("The model outputs %d classes but the data has %d (%s): outputs %d to %d are never a target; "
-                       "fine for a head kept for classes to come, else set 'arch.args.num_classes' to %d", outputs,
-                       len(classes), listed(classes), len(classes), outputs - 1, len(classes))
+        unused = (f"output {outputs - 1} is" if outputs - len(classes) == 1
+                  else f"outputs {len(classes)} to {outputs - 1} are")
+        logger.warning("The model outputs %d classes but the data has %d (%s): %s never a target; fine for a head "
+                       "kept for classes to come, else set 'arch.args.num_classes' to %d", outputs, len(classes),
+                       listed(classes), unused, len(classes))
+
+
+def class_changes(before: list[str], after: list[str]) -> str:
+    """What differs between two lists of class names in label order (a checkpoint's and the
+    data's), for one line: the classes one of them lacks, and the outputs whose class changes,
+    e.g. `not in the data: 3; outputs that now mean another class: 3 ('3' -> '4'), ...`."""
+    gone = [name for name in before if name not in after]
+    added = [name for name in after if name not in before]
+    shared = min(len(before), len(after))  # the outputs both name a class for
+    moved = [f"{label} ({before[label]!r} -> {after[label]!r})" for label in range(shared)
+             if before[label] != after[label]]
+    parts = [f"not in the data: {listed(gone, 5)}" if gone else "",
+             f"new in the data: {listed(added, 5)}" if added else "",
+             f"outputs that now mean another class: {listed(moved, 3)}" if moved else ""]
+    return "; ".join(part for part in parts if part)
+
+
+def named_classes(value: Any) -> list[str] | None:
+    """`value` when it is a list of class names (a data loader's or a checkpoint's `classes`), else None."""
+    return value if isinstance(value, list) and value and all(isinstance(name, str) for name in value) else None
 
 
 class CheckedCall:

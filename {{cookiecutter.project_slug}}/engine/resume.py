@@ -18,6 +18,9 @@ TAKEN_AS_GIVEN = {
     "trainer.epochs", "trainer.early_stop", "trainer.save_period", "trainer.keep_last", "trainer.verbosity",
     "trainer.save_every_minutes", "trainer.save_every_steps", "trainer.tensorboard",
     "n_gpu", "data_loader.args.num_workers",  # where it runs and how fast it loads, not what it computes
+    # where the files are, not what they are: the same data moved (staged to a node's disk, a new mount
+    # point), the image cache elsewhere; the save_dir of this config's later runs (a resume stays in its folder)
+    "data_loader.args.data_dir", "data_loader.args.cache_dir", "trainer.save_dir",
     "trainer.compile", "trainer.deterministic",
     "metrics",  # what is measured, not what is trained: a new metric becomes a new metrics.csv column
     # where a tracker mirrors the epochs (a project generated with it)
@@ -68,6 +71,23 @@ def check_changes(changes: dict[str, tuple[Any, Any]], scheduler_type: str | Non
             f"checkpoint '{path}': resuming cannot change '{key}' ({old!r} -> {new!r}): {why}; "
             "to train with it, start a new run from these weights: --fine-tune -r CHECKPOINT [-c CONFIG]"
         )
+
+
+def check_resumable(checkpoint: dict[str, Any], config: dict[str, Any], changes: dict[str, tuple[Any, Any]],
+                    path: Path | None) -> None:
+    """Refuse, in one line, a checkpoint that cannot be resumed under `config` (a validated
+    config whose `changes` from the checkpoint's are given): one without a training state, one
+    of another optimizer, or a change `check_changes` refuses. Reads nothing but the two."""
+    if checkpoint["optimizer"] is None:  # e.g. converted by convert_checkpoint.py: weights only
+        raise InputError(f"checkpoint '{path}': holds weights only (no optimizer state), so it cannot be "
+                         f"resumed; fine-tune from it with --fine-tune -r {path}")
+    saved_optimizer = checkpoint["config"]["optimizer"]["type"]
+    if saved_optimizer != config["optimizer"]["type"]:
+        raise InputError(
+            f"checkpoint '{path}': saved with optimizer '{saved_optimizer}', the config asks for "
+            f"'{config['optimizer']['type']}'; resume with the same optimizer, or fine-tune with --fine-tune"
+        )
+    check_changes(changes, config["lr_scheduler"]["type"] if config["lr_scheduler"] else None, path)
 
 
 def capture_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[list[dict], dict]:

@@ -1,14 +1,25 @@
 """The files that say how a run was made: its resolved `config.json`, and `run_info.json`, a
 list with one entry per invocation (the first start, then one more for every resume) holding
-the command line, working folder, start time, versions and the project's git commit.
+the run's identity, the command line, working folder, start time, versions and the project's
+git commit.
 
-Only the process that owns the run folder writes them (`ConfigParser.make_run_dir`, on rank 0,
-with the folder's lock held)."""
+A run's identity, `run_uid`, is a random id made when the run starts (a branch is a new run:
+it gets one of its own); every entry of run_info.json and every checkpoint of the run carries
+it, so that a checkpoint of another run is not resumed in this run's folder.
+
+When the process ends, its entry gets `ended`: how the run ended (`record_end`, which the
+trainer calls).
+
+Only the process that owns the run folder writes them (`ConfigParser.make_run_dir` and the
+trainer, on rank 0, with the folder's lock held)."""
 
 import importlib.metadata
 import json
+import logging
 import os
 import platform
+import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,21 +29,69 @@ from typing import Any
 
 import torch
 
-from utils.errors import InputError
+from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted, exit_status_of, first_line
 from utils.staged_files import StagedFiles, full_disk_reported
+
+logger = logging.getLogger(__name__)
 
 RUN_INFO = "run_info.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GIT_TIMEOUT_S = 5.0  # git on a slow network file system must not hold up training
 
 
-def save_run_files(run_dir: Path, config: dict[str, Any], resuming: bool) -> None:
-    """Write `config` to `config.json` and append this invocation to `run_info.json` in
-    `run_dir`, both or neither. An OSError is an InputError naming the folder (a full disk: a
-    DiskFull), and the files are left as they were."""
+def new_run_uid() -> str:
+    """A new run's identity: 16 random hex digits."""
+    return secrets.token_hex(8)
+
+
+def recorded_run_uid(run_dir: Path) -> str | None:
+    """The identity of the run that `run_dir` holds, by the last entry of its run_info.json that
+    records one; None without such an entry (no run yet, or one made before runs had one)."""
+    uids = [entry.get("run_uid") for entry in read_run_info(run_dir) if isinstance(entry, dict)]
+    return next((uid for uid in reversed(uids) if isinstance(uid, str)), None)
+
+
+def save_run_files(run_dir: Path, config: dict[str, Any], resuming: bool, run_uid: str | None = None) -> None:
+    """Write `config` to `config.json` and append this invocation (of the run `run_uid`) to
+    `run_info.json` in `run_dir`, both or neither. An OSError is an InputError naming the folder
+    (a full disk: a DiskFull), and the files are left as they were."""
     check_writable(run_dir, resuming)
-    contents = {"config.json": config, RUN_INFO: [*read_run_info(run_dir), invocation()]}
+    contents = {"config.json": config, RUN_INFO: [*read_run_info(run_dir), invocation(run_uid)]}
     _write_all(run_dir, contents)
+
+
+def outcome(exc: BaseException | None) -> tuple[str, int]:
+    """How a run that ended with `exc` (None: it returned) ended, and the exit status that
+    says so: `finished` 0, `stopped` 128 + signal (also a second Ctrl-C, which exits at once),
+    `diverged` 3, `no space` 4, `crashed` (any other error: its status, 1 for a bug)."""
+    if exc is None:
+        return "finished", 0
+    if isinstance(exc, TrainingInterrupted):
+        return "stopped", 128 + exc.signal_number
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        return "stopped", 128 + signal.SIGINT
+    if isinstance(exc, TrainingDiverged):
+        return "diverged", TrainingDiverged.EXIT_STATUS
+    if isinstance(exc, DiskFull):
+        return "no space", DiskFull.EXIT_STATUS
+    return "crashed", exit_status_of(exc) or 1
+
+
+def record_end(run_dir: Path, how: str, status: int, epoch: int) -> None:
+    """Add `ended` (`at`, `outcome` `how`, exit `status`, the last finished `epoch`) to this
+    invocation's entry, the last of `run_dir/run_info.json`, whole or not at all. It never
+    raises: a failure to write (a full disk, whose last bytes are the run's saves) is a warning,
+    the file stays as it was, and report.py then judges the run by its files. A folder removed
+    meanwhile (a new run that failed before its first checkpoint) is left alone."""
+    try:
+        entries = read_run_info(run_dir)
+        if not entries or not isinstance(entries[-1], dict):
+            return
+        at = datetime.now().astimezone().isoformat(timespec="seconds")
+        entries[-1]["ended"] = {"at": at, "outcome": how, "status": status, "epoch": epoch}
+        _write_all(run_dir, {RUN_INFO: entries})
+    except Exception as exc:  # noqa: BLE001  (the record must never change how the run ended)
+        logger.warning("Could not record how the run ended in %s: %s", run_dir / RUN_INFO, first_line(exc))
 
 
 def check_writable(run_dir: Path, resuming: bool) -> None:
@@ -66,9 +125,10 @@ def read_run_info(run_dir: Path) -> list[Any]:
     return entries
 
 
-def invocation() -> dict[str, Any]:
-    """How this process was started, as one `run_info.json` entry."""
+def invocation(run_uid: str | None = None) -> dict[str, Any]:
+    """How this process was started, as one `run_info.json` entry of the run `run_uid`."""
     return {
+        "run_uid": run_uid,
         "started": datetime.now().astimezone().isoformat(timespec="seconds"),
         "argv": list(sys.argv),
         "cwd": os.getcwd(),

@@ -23,13 +23,16 @@ def is_run_folder(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
-def find_runs(paths: list[Path]) -> list[Path]:
+def find_runs(paths: list[Path]) -> tuple[list[Path], set[Path]]:
     """The run folders that `paths` name: a run folder itself, or the run folders directly in a
-    folder (in name order). Anything else is an InputError naming the path."""
+    folder (in name order); and those of them that were named themselves (not found in a folder).
+    Anything else is an InputError naming the path."""
     found: list[Path] = []
+    named: set[Path] = set()
     for path in paths:
         if is_run_folder(path):
             found.append(path)
+            named.add(path)
             continue
         if not path.exists():
             raise InputError(f"'{path}': no such run or folder")
@@ -41,7 +44,8 @@ def find_runs(paths: list[Path]) -> list[Path]:
                              + studies_hint(path))
         found.extend(runs)
     unique = {folder.resolve(): folder for folder in reversed(found)}  # a run named twice counts once
-    return [folder for folder in found if unique[folder.resolve()] is folder]
+    folders = [folder for folder in found if unique[folder.resolve()] is folder]
+    return folders, {folder for folder in folders if folder.resolve() in {path.resolve() for path in named}}
 
 
 def studies_in(folder: Path) -> list[Path]:

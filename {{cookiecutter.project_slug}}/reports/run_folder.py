@@ -238,7 +238,21 @@ def _last_stamp(stamps: list[datetime], start: datetime, before: datetime | None
     return stamps[end - 1] if end and stamps[end - 1] >= start else None
 
 
-def read_runs(folders: list[Path]) -> list[Run]:
-    """Every run folder read, each labelled with its name (with its path where two share one)."""
+def read_runs(folders: list[Path], named: set[Path] | None = None) -> tuple[list[Run], list[str]]:
+    """Every run folder read, each labelled with its name (with its path where two share one),
+    and a line for each that was left out. A folder in `named` (given by the user itself; all,
+    when None) that cannot be read is an InputError naming the file; one found in a folder of
+    runs is left out, its line saying why, so that one broken run does not hide the others."""
     names = [folder.name for folder in folders]
-    return [read_run(folder, folder.name if names.count(folder.name) == 1 else str(folder)) for folder in folders]
+    runs, unreadable = [], []
+    for folder in folders:
+        label = folder.name if names.count(folder.name) == 1 else str(folder)
+        try:
+            runs.append(read_run(folder, label))
+        except InputError as exc:
+            if named is None or folder in named:
+                raise
+            unreadable.append((label, str(exc)))
+    if unreadable and not runs:
+        raise InputError(f"no run found can be read; the first: {unreadable[0][1]}")
+    return runs, [f"Left out {label}, which cannot be read: {reason}" for label, reason in unreadable]

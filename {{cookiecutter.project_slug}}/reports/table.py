@@ -1,6 +1,6 @@
-"""The table of runs side by side (Markdown, CSV): runs that differ only in `trainer.seed` are
-one row (mean ± sample standard deviation), and the config keys in which the rows differ are
-columns."""
+"""The table of runs side by side (Markdown, CSV): runs that differ only in `trainer.seed`, each
+with a seed of its own, are one row (mean ± sample standard deviation), and the config keys in
+which the rows differ are columns."""
 
 import csv
 import io
@@ -12,11 +12,11 @@ from typing import Any
 from reports.run_folder import Run
 from utils.errors import listed
 
-SEED_KEY = "trainer.seed"  # runs that differ only here are one row
+SEED_KEY = "trainer.seed"  # runs that differ only here (and do differ here) are one row
 # The CSV columns of a row after its name, n and state: a mean and its standard deviation side by side
 RUN_CSV_TITLES = ["epochs", "best", "best_std", "best_epoch", "final_lr", "final_lr_std", "wall_s", "wall_s_std"]
-STD_NOTE = ("A row of n > 1 runs that differ only in trainer.seed shows mean ± sample standard deviation "
-            "(n - 1 in the denominator); the ± part is left out where the runs agree.")
+STD_NOTE = ("A row of n > 1 runs that differ only in trainer.seed, each seed once, shows mean ± sample standard "
+            "deviation (n - 1 in the denominator); the ± part is left out where the runs agree.")
 
 
 @dataclass(frozen=True)
@@ -105,13 +105,24 @@ def _span(numbers: list[int]) -> str:
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
-    """The runs in groups whose configs are equal but for `trainer.seed`, in the order of their
-    first run."""
-    groups: dict[str, list[Run]] = {}
+    """The runs in groups whose configs are equal but for `trainer.seed`, and whose seeds all
+    differ, in the order of their first run. Runs whose configs are equal, seed included (two
+    branches of one run, a run repeated), are not samples of the seed's effect: each joins the
+    first group of its config that lacks its seed, or starts one."""
+    groups: list[list[Run]] = []
+    by_config: dict[str, list[list[Run]]] = {}
     for run in runs:
         rest = {key: value for key, value in run.flat.items() if key != SEED_KEY}
-        groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(run)
-    return list(groups.values())
+        same_config = by_config.setdefault(json.dumps(rest, sort_keys=True, default=str), [])
+        seed = _shown(run.flat.get(SEED_KEY, ...))
+        group = next((group for group in same_config
+                      if all(_shown(other.flat.get(SEED_KEY, ...)) != seed for other in group)), None)
+        if group is None:
+            group = []
+            same_config.append(group)
+            groups.append(group)
+        group.append(run)
+    return groups
 
 
 def differing_keys(runs: list[Run]) -> list[str]:

@@ -186,8 +186,23 @@ CATALOGUE = [
     # Checkpoints
     Case("checkpoint-missing", "checkpoint", ("-r", "missing.pth"), "checkpoint 'missing.pth': no such file"),
     Case("checkpoint-a-folder", "checkpoint", ("-r", "folder"), "checkpoint 'folder': a folder, not a checkpoint file"),
-    Case("checkpoint-truncated", "checkpoint", ("-r", "truncated.pth"),
-         "checkpoint 'truncated.pth': not a readable checkpoint"),
+    Case("checkpoint-a-run-folder", "checkpoint", ("-r", "saved/Mnist_LeNet/done"),
+         "checkpoint 'saved/Mnist_LeNet/done': a folder, not a checkpoint file; did you mean "
+         "saved/Mnist_LeNet/done/latest.pth?\n"),
+    Case("checkpoint-truncated", "checkpoint", ("-r", "truncated.pth"),  # whole sentences, not cut mid-way
+         "checkpoint 'truncated.pth': not a readable checkpoint: the file is cut short or damaged (PytorchStreamReader "
+         "failed reading zip archive: failed finding central directory)\n"),
+    Case("checkpoint-of-another-run", "checkpoint",
+         ("-r", "saved/Mnist_LeNet/done/copied.pth", "-o", "trainer.epochs=3"),
+         "checkpoint 'saved/Mnist_LeNet/done/copied.pth': it is of another run (run_uid 0123456789abcdef) than the run "
+         "in its folder "),
+    Case("checkpoint-in-a-folder-of-checkpoints", "checkpoint", ("-r", "scratch/a.pth", "-o", "trainer.epochs=3"),
+         "but files that resuming there would overwrite or mix with the run's (b.pth); put the checkpoint alone in an "
+         "empty folder and resume it there"),
+    Case("resume-change-refused-before-the-data-are-read", "checkpoint",
+         ("-c", "config.json", "-r", "good.pth", "-o", "trainer.epochs=3", "-o", "data_loader.args.batch_size=16",
+          "-o", "data_loader.args.data_dir=no_data"),
+         "checkpoint 'good.pth': resuming cannot change 'data_loader.args.batch_size' (64 -> 16)"),
     Case("checkpoint-text", "checkpoint", ("-r", "notes.pth"), "checkpoint 'notes.pth': not a readable checkpoint"),
     Case("checkpoint-foreign-dict", "checkpoint", ("-r", "foreign.pth"),
          "checkpoint 'foreign.pth': not a checkpoint of this project (no format_version)"),
@@ -225,14 +240,14 @@ CATALOGUE = [
          "checkpoint 'truncated.pth': not a readable checkpoint", script="test"),
     # Data
     Case("mnist-absent-offline", "data", ("-c", "config.json", "-o", "data_loader.args.data_dir=no_data"),
-         "MNIST not found in 'no_data/MNIST/raw': missing train-images-idx3-ubyte"),
+         "/no_data/MNIST/raw': missing train-images-idx3-ubyte"),  # the path as the run records it: absolute
     Case("data-dir-a-file", "data", ("-c", "config.json", "-o", "data_loader.args.data_dir=a_file"),
-         "'data_loader.args.data_dir' is 'a_file', which is a file, not a folder"),
+         "/a_file', which is a file, not a folder"),
     Case("mnist-file-damaged", "data", ("-c", "config.json", "-o", "data_loader.args.data_dir=damaged"),
-         "MNIST file 'damaged/MNIST/raw/train-images-idx3-ubyte' is damaged"),
+         "/damaged/MNIST/raw/train-images-idx3-ubyte' is damaged"),
     Case("dry-run-downloads-nothing", "data",
          ("-c", "config.json", "--dry-run", "-o", "data_loader.args.data_dir=no_data"),
-         "MNIST not found in 'no_data/MNIST/raw'"),
+         "/no_data/MNIST/raw'"),
 ]
 
 
@@ -294,6 +309,14 @@ def make_workspace(root: Path, mnist_dir: Path, good: bytes, edits: dict[str, An
         data = labels.read_bytes()
         labels.write_bytes(data[:8] + bytes(label % 2 for label in data[8:]))  # digits 0-9 -> 0, 1
     (root / "good.pth").write_bytes(good)
+    done = root / "saved" / "Mnist_LeNet" / "done"  # a run folder, holding a checkpoint of another run too
+    done.mkdir()
+    (done / "latest.pth").write_bytes(good)
+    torch.save({**torch.load(done / "latest.pth", weights_only=True), "run_uid": "0123456789abcdef"},
+               done / "copied.pth")
+    (root / "scratch").mkdir()  # a folder of checkpoints, no run
+    for name in ("a.pth", "b.pth"):
+        (root / "scratch" / name).write_bytes(good)
     (root / "truncated.pth").write_bytes(good[: len(good) // 2])
     (root / "notes.pth").write_text("my notes, not a checkpoint\n")
     torch.save({"weights": torch.zeros(3)}, root / "foreign.pth")

@@ -10,12 +10,14 @@ from torch import nn
 
 from data_loader.data_loaders import PREPROCESSING
 from engine import distributed
+from engine.branch import check_same_run
 from engine.checkpoint import (
     FORMAT_VERSION,
     CheckpointSaver,
     load_checkpoint,
     load_weights,
     restore_training_state,
+    run_uid_of,
     unwrap_model,
     upgrade,
 )
@@ -128,6 +130,20 @@ def test_a_version_4_checkpoint_gets_the_preprocessing_its_loader_had_or_none() 
     mine = {**old, "config": {"data_loader": {"type": "MyLoader", "args": {}}}}
     assert upgrade(mine)["preprocessing"] is None
     assert upgrade({**old, "config": {"name": "x"}})["preprocessing"] is None
+
+
+def test_a_version_5_checkpoint_names_no_run_and_is_judged_by_its_position_alone(tmp_path: Path) -> None:
+    """Format 6 records the run that wrote a checkpoint (`run_uid`); an older one names none, so
+    a resume checks nothing about its run (as before) and a branch from it gets an identity."""
+    config = {"data_loader": {"type": "MnistDataLoader", "args": {"batch_size": 32}}}
+    old = {"format_version": 5, "arch": "MnistModel", "epoch": 1, "state_dict": {}, "config": config}
+    assert upgrade(old)["run_uid"] is None and upgrade(old)["format_version"] == FORMAT_VERSION == 6
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save({**old, "run_uid": "0123456789abcdef"}, folder / "latest.pth")
+    torch.save(old, folder / "copied.pth")
+    check_same_run(folder / "copied.pth", upgrade(old))  # passes: nothing says it is of another run
+    assert run_uid_of(folder / "latest.pth") == "0123456789abcdef" and run_uid_of(folder / "copied.pth") is None
 
 
 def test_ranks_a_checkpoint_did_not_have_get_random_states_of_their_own(monkeypatch: Any) -> None:

@@ -1,5 +1,6 @@
 """The documents: every relative link of README.md and docs/ leads to a file of the project (and
-an anchor to a heading of that file), and the README stays a first day's read."""
+an anchor to a heading of that file), the README stays a first day's read, and docs/tests.md
+names every test file of tests/."""
 
 import re
 from pathlib import Path
@@ -37,3 +38,10 @@ def test_the_readme_links_every_docs_page_and_stays_short() -> None:
     linked = {Path(target).name for target in LINK.findall(readme) if target.startswith("docs/")}
     assert pages <= linked, f"pages the README does not link: {sorted(pages - linked)}"
     assert len(readme.splitlines()) <= README_LINES
+
+
+def test_docs_tests_md_names_every_test_file_and_no_other() -> None:
+    named = set(re.findall(r"`tests/(test_\w+\.py)`", (PROJECT_ROOT / "docs" / "tests.md").read_text()))
+    files = {path.name for path in (PROJECT_ROOT / "tests").glob("test_*.py")}
+    assert files - named == set(), f"test files docs/tests.md does not name: {sorted(files - named)}"
+    assert named - files == set(), f"docs/tests.md names files that tests/ lacks: {sorted(named - files)}"

@@ -242,7 +242,7 @@ def test_a_corrupt_image_is_one_line_naming_the_file(
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [("hflip", "no", "true or false"), ("hflip", 1, "true or false"), ("image_size", 0, "a whole number of pixels"),
-     ("cache_dir", 123, "a folder path or null"), ("preprocessing", "photos", "one of 'small', 'photo'"),
+     ("cache_dir", 123, "a string or null"), ("preprocessing", "photos", "one of 'small', 'photo'"),
      ("resize_size", 40, "null, or with preprocessing 'photo' a whole number"),
      ("crop_scale", [0.5, 0.2], "two fractions"), ("crop_ratio", [1], "two aspect ratios"),
      ("mean", [0.5, 0.5], "null, a number or 3 numbers"),
@@ -260,6 +260,17 @@ def test_a_bad_argument_of_the_loader_is_one_line(
     assert err.startswith(f"error: config: 'data_loader.args.{key}' must be {expected}"), err
     assert err.count("\n") == 1 and f"got {value!r}" in err
     assert not (tmp_path / "saved").exists()
+
+
+def test_cache_files_are_normal_files(images: Path, tmp_path: Path) -> None:
+    """Readable by others as checkpoints are (a shared cache folder), not private like a temp file."""
+    previous = os.umask(0o022)
+    try:
+        iter(ImageFolderDataLoader(str(images), batch_size=4, image_size=8))
+    finally:
+        os.umask(previous)
+    cached = sorted((tmp_path / "cache").glob("images-*.npy"))
+    assert len(cached) == 2 and {path.stat().st_mode & 0o777 for path in cached} == {0o644}
 
 
 def test_an_unwritable_cache_folder_is_one_line(images: Path, tmp_path: Path) -> None:
@@ -398,6 +409,52 @@ def test_a_model_with_fewer_outputs_than_class_folders_is_one_line_and_more_is_a
     assert ("The model outputs 5 classes but the data has 3 (amber, blue, cyan): outputs 3 to 4 are never a target; "
             "fine for a head kept for classes to come, else set 'arch.args.num_classes' to 3") in out
     assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "images"]  # no cache/, no saved/
+
+
+@pytest.fixture
+def trained_on_three(images: Path, tmp_path: Path) -> Path:
+    """latest.pth of 1 epoch on amber, blue, cyan; and images2/: the same but for blue, absent."""
+    config = image_config(images, tmp_path / "saved")
+    config["trainer"].get("mlflow", {})["enabled"] = False  # not what is tested here (a new store takes seconds)
+    assert train.main(["-c", write_config(tmp_path, config), "--run-id", "run"]) == 0
+    shutil.copytree(images, tmp_path / "images2")
+    for split in ("train", "val", "test"):
+        shutil.rmtree(tmp_path / "images2" / split / "blue", ignore_errors=True)
+    return tmp_path / "saved" / "ImageFolder_CNN" / "run" / "latest.pth"
+
+
+def write_config(folder: Path, config: dict[str, Any]) -> str:
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder / "config.json")
+
+
+def test_fine_tuning_onto_other_class_folders_warns_naming_what_changed(
+    trained_on_three: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every tensor fits, yet output 1 meant blue and now means cyan: one warning line says so."""
+    args = ["--fine-tune", "-r", str(trained_on_three), "-o", f"data_loader.args.data_dir={tmp_path / 'images2'}"]
+    assert train.main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("The data's classes are not the checkpoint's: not in the data: blue; outputs that now mean another "
+            "class: 1 ('blue' -> 'cyan'); fine-tuning teaches those outputs the data's classes") in out
+    assert "The model outputs 3 classes but the data has 2 (amber, cyan): output 2 is never a target" in out
+
+
+def test_resuming_with_other_class_folders_is_refused_and_moved_images_resume(
+    trained_on_three: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    recorded = json.loads((trained_on_three.parent / "config.json").read_text())
+    assert recorded["data_loader"]["args"]["cache_dir"] == str(tmp_path / "cache")  # absolute: from any folder
+    before = snapshot(trained_on_three.parent)
+    resume = ["-r", str(trained_on_three), "-o", "trainer.epochs=2"]
+    assert train.main([*resume, "-o", f"data_loader.args.data_dir={tmp_path / 'images2'}"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: checkpoint '{trained_on_three}': resuming cannot change the classes (not in the data: "
+                   "blue; outputs that now mean another class: 1 ('blue' -> 'cyan')): it would no longer be the same "
+                   "run; to train on these classes, start a new run from these weights: --fine-tune -r CHECKPOINT\n")
+    assert snapshot(trained_on_three.parent) == before
+    (tmp_path / "images").rename(tmp_path / "moved")  # the same images elsewhere: where the data are, not what
+    assert train.main([*resume, "-o", f"data_loader.args.data_dir={tmp_path / 'moved'}"]) == 0
 
 
 def test_a_refused_run_and_a_dry_run_write_no_image_cache(

@@ -10,6 +10,7 @@ import signal
 import statistics
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,14 @@ from test_bad_inputs import base_config, snapshot
 
 import report
 from cli import with_overrides
+from engine import run_files
 from parse_config import ConfigParser
 from reports.plot import plot_metrics
 from reports.run_folder import read_run, read_runs
 from reports.table import runs_table
 from train import build_trainer, train
 from utils import TrainingInterrupted
+from utils.errors import DiskFull
 
 SEEDS = (1, 2, 3)
 
@@ -40,7 +43,8 @@ def small_config(mnist_dir: Path, save_dir: Path, *overrides: str) -> dict[str, 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """save_dir holding Mnist_LeNet/ (seed1, seed2, seed3: trainer.seed 1, 2, 3; lr-high:
-    optimizer.args.lr 0.01, the config's seed) and Stopped/stopped (SIGTERM after epoch 1 of 2)."""
+    optimizer.args.lr 0.01, the config's seed), Stopped/stopped (SIGTERM after epoch 1 of 2) and
+    Crashed/crashed (an exception after epoch 1 of 2)."""
     save_dir = tmp_path_factory.mktemp("report") / "saved"
     for seed in SEEDS:
         train(ConfigParser(small_config(mnist_dir, save_dir, f"trainer.seed={seed}"), run_id=f"seed{seed}"))
@@ -49,7 +53,15 @@ def saved(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     trainer.on_epoch_end = lambda epoch, log: signal.raise_signal(signal.SIGTERM)  # as a scheduler would
     with pytest.raises(TrainingInterrupted):
         trainer.train()
+    trainer = build_trainer(ConfigParser(small_config(mnist_dir, save_dir, "name=Crashed"), run_id="crashed"))
+    trainer.on_epoch_end = crash  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="a bug"):
+        trainer.train()
     return save_dir
+
+
+def crash(epoch: int, log: dict[str, float]) -> None:
+    raise RuntimeError("a bug in the user's code")
 
 
 def run_report(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -93,6 +105,80 @@ def test_a_stopped_run_shows_as_stopped_at_its_last_epoch(saved: Path, capsys: p
     assert "| stopped | 1 | stopped at epoch 1 | 1 |" in out
 
 
+def last_ended(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "run_info.json").read_text())[-1]["ended"]
+
+
+def test_how_each_run_ended_is_recorded_and_a_crash_shows_as_one(
+    saved: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each invocation's run_info.json entry gets `ended` when its process ends, which the
+    report reads: a crash is not shown as a stop."""
+    outcomes = {name: last_ended(saved / folder) for name, folder in
+                (("finished", "Mnist_LeNet/seed1"), ("stopped", "Stopped/stopped"), ("crashed", "Crashed/crashed"))}
+    assert {name: (ended["outcome"], ended["status"], ended["epoch"]) for name, ended in outcomes.items()} == {
+        "finished": ("finished", 0, 2), "stopped": ("stopped", 128 + signal.SIGTERM, 1), "crashed": ("crashed", 1, 1)}
+    assert all(datetime.fromisoformat(ended["at"]).tzinfo is not None for ended in outcomes.values())
+    status, out, err = run_report([str(saved / "Crashed" / "crashed")], capsys)
+    assert status == 0, err
+    assert "| crashed | 1 | crashed at epoch 1 | 1 |" in out
+
+
+def test_a_failure_to_record_how_a_run_ended_changes_nothing_else(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A disk that fills after the last save: the record is lost (report.py then judges the run
+    by its files), the run still finishes as it would have."""
+    trainer = build_trainer(ConfigParser(small_config(mnist_dir, tmp_path, "trainer.epochs=1"), run_id="full"))
+
+    def disk_fills(folder: Path, contents: dict[str, Any]) -> None:
+        raise DiskFull("no space left on /scratch (/dev/sdb1)", str(folder / "run_info.json"))
+
+    trainer.on_epoch_end = lambda epoch, log: monkeypatch.setattr(run_files, "_write_all", disk_fills)
+    assert trainer.train()["epoch"] == 1
+    run_dir = tmp_path / "Mnist_LeNet" / "full"
+    assert "ended" not in json.loads((run_dir / "run_info.json").read_text())[-1]
+    assert "Could not record how the run ended" in "".join(capsys.readouterr())
+    assert read_run(run_dir).state == "finished"
+
+
+def test_runs_that_differ_in_nothing_are_rows_of_their_own(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two branches of one run (the same config, the same seed) are not two samples of a seed:
+    rows group runs that differ in the seed alone, each seed once."""
+    config = small_config(mnist_dir, tmp_path)
+    for name, seed in (("base-from-epoch1", 1), ("base-from-epoch2", 1), ("other-seed", 2)):
+        write_run(tmp_path / "runs" / name, with_overrides(json.loads(json.dumps(config)), [f"trainer.seed={seed}"]))
+    status, _, err = run_report([str(tmp_path / "runs"), "--csv", str(tmp_path / "runs.csv")], capsys)
+    assert status == 0, err
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "runs.csv").read_text())))
+    assert [(row["run"], row["trainer.seed"]) for row in rows] == [("base-from-epoch1, other-seed", "1, 2"),
+                                                                  ("base-from-epoch2", "1")]
+    write_run(tmp_path / "two" / "a", config)
+    write_run(tmp_path / "two" / "b", config)
+    status, out, err = run_report([str(tmp_path / "two")], capsys)
+    assert status == 0, err
+    assert "| a | 1 |" in out and "| b | 1 |" in out and "standard deviation" not in out
+
+
+def test_a_run_that_cannot_be_read_in_a_folder_of_runs_is_left_out_with_a_line(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One broken run does not hide the others; named itself, it is the error it was."""
+    config = small_config(mnist_dir, tmp_path)
+    write_run(tmp_path / "runs" / "good", config)
+    broken = write_run(tmp_path / "runs" / "semicolons", config)
+    (broken / "metrics.csv").write_text("epoch;loss\n1;0.5\n")
+    status, out, err = run_report([str(tmp_path / "runs"), "--csv", str(tmp_path / "runs.csv")], capsys)
+    assert status == 0, err
+    assert "| good | 1 | finished | 2 |" in out
+    assert f"Left out semicolons, which cannot be read: metrics file '{broken / 'metrics.csv'}': " in out
+    assert [row["run"] for row in csv.DictReader(io.StringIO((tmp_path / "runs.csv").read_text()))] == ["good"]
+    status, _, err = run_report([str(broken)], capsys)
+    assert status == 2 and err.startswith(f"error: metrics file '{broken / 'metrics.csv'}': ") and err.count("\n") == 1
+
+
 def test_the_default_is_every_run_of_the_config(
     saved: Path, mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -108,7 +194,7 @@ def test_the_default_is_every_run_of_the_config(
 def test_the_plot_has_one_line_per_row_and_decodes(
     saved: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    runs = read_runs([saved / "Mnist_LeNet" / name for name in ("lr-high", "seed1", "seed2", "seed3")])
+    runs, _ = read_runs([saved / "Mnist_LeNet" / name for name in ("lr-high", "seed1", "seed2", "seed3")])
     _, rows = runs_table(runs)
     figure = plot_metrics(rows, ["loss", "val_loss"])
     for axes in figure.axes:
@@ -221,10 +307,12 @@ def test_the_wall_time_sums_the_invocations_without_the_waits_between(tmp_path: 
 # (id, the command line (in a folder holding config.json with save_dir `saved` and runs `good`,
 # `good2` and bad ones), what the error line must say)
 BAD_INPUTS: list[tuple[str, list[str], str]] = [
-    ("no-runs-of-the-config", [], "no runs of config 'config.json' in 'saved/Mnist_LeNet' yet"),
+    ("no-runs-of-the-config", [], "/saved/Mnist_LeNet' yet; train one with python train.py -c config.json"),
     ("no-such-folder", ["nope"], "'nope': no such run or folder"),
     ("a-file", ["config.json"], "'config.json': a file, not a run folder"),
     ("a-folder-without-runs", ["empty"], "'empty': not a run folder (no config.json) and holds no run folders"),
+    ("a-folder-of-broken-runs", ["broken"], "no run found can be read; the first: metrics file "
+     "'broken/no-epoch/metrics.csv': no 'epoch' column"),
     ("metric-nobody-logged", ["good", "--plot", "val_los"], "--plot val_los: no run logged it; their metrics.csv "
      "hold loss, val_loss, lr; did you mean 'val_loss'?"),
     ("metrics-without-epoch", ["no-epoch"], "metrics file 'no-epoch/metrics.csv': no 'epoch' column"),
@@ -262,6 +350,8 @@ def test_a_bad_input_is_one_line_status_2_and_writes_nothing(
     (tmp_path / "folder-metrics" / "metrics.csv").mkdir()
     (tmp_path / "broken-config" / "config.json").write_text('{"name": ')
     (tmp_path / "broken-latest" / "latest.pth").write_bytes(b"not a checkpoint")
+    write_run(tmp_path / "broken" / "no-epoch", config)
+    (tmp_path / "broken" / "no-epoch" / "metrics.csv").write_text("Epoch,Loss\n1,0.5\n")
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)
     status, _, err = run_report([*args, "--csv", "table.csv"] if "--csv" not in args else args, capsys)

@@ -5,6 +5,7 @@ processes that could not go on exactly (a per-step schedule, a loader that count
 
 import csv
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchvision import datasets
 
+import test as test_script
 import train
 from engine.checkpoint import Progress
 from parse_config import ConfigParser
@@ -84,6 +87,111 @@ def test_a_second_branch_from_the_same_epoch_gets_its_own_folder(three_epochs: P
         assert train.main(["-r", str(three_epochs / "checkpoint-epoch1.pth"), "-o", "trainer.epochs=2"]) == 0
     assert sorted(path.name for path in three_epochs.parent.iterdir()) == [
         "run", "run-from-epoch1", "run-from-epoch1-2"]
+
+
+def run_uid(path: Path) -> str:
+    return load(path)["run_uid"]
+
+
+def test_every_file_of_a_run_names_its_run_and_a_branch_is_a_run_of_its_own(three_epochs: Path) -> None:
+    own = run_uid(three_epochs / "latest.pth")
+    assert len(own) == 16 and all(run_uid(path) == own for path in three_epochs.glob("*.pth"))
+    assert [entry["run_uid"] for entry in json.loads((three_epochs / "run_info.json").read_text())] == [own]
+    assert train.main(["-r", str(three_epochs / "checkpoint-epoch1.pth"), "-o", "trainer.epochs=4"]) == 0
+    branch = three_epochs.parent / "run-from-epoch1"
+    mine = run_uid(branch / "latest.pth")
+    assert mine != own
+    assert run_uid(branch / "model_best.pth") == mine  # carried from the run (epoch 1), made the branch's own
+    assert [entry["run_uid"] for entry in json.loads((branch / "run_info.json").read_text())] == [mine]
+
+
+@pytest.fixture
+def two_runs(make_config: ConfigFactory, tmp_path: Path) -> tuple[Path, Path]:
+    """Two finished runs of 2 epochs: `base` (batch 32) and `other` (batch 16)."""
+    (tmp_path / "config.json").write_text(json.dumps(make_config()))
+    assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "base"]) == 0
+    assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "other", "--bs", "16"]) == 0
+    return run_dir(tmp_path, "base"), run_dir(tmp_path, "other")
+
+
+@pytest.mark.parametrize("told_by", ["latest.pth", "run_info.json"])
+def test_a_checkpoint_of_another_run_is_refused_in_a_run_folder(
+    two_runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], told_by: str,
+) -> None:
+    base, other = two_runs
+    if told_by == "run_info.json":  # a folder whose latest.pth is gone still knows its run
+        (base / "latest.pth").unlink()
+    foreign = base / "foreign.pth"
+    foreign.write_bytes((other / "checkpoint-epoch2.pth").read_bytes())
+    before = snapshot(base)
+    assert train.main(["-r", str(foreign), "-o", "trainer.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint '{foreign}': it is of another run") and err.count("\n") == 1
+    assert "resume it from that run's own folder, or put it alone in an empty folder" in err
+    assert f"--fine-tune -r {foreign}" in err
+    assert snapshot(base) == before
+
+
+def test_a_checkpoint_alone_in_an_empty_folder_continues_its_run_there(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    base, other = two_runs
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "copied.pth").write_bytes((other / "checkpoint-epoch2.pth").read_bytes())
+    assert train.main(["-r", str(scratch / "copied.pth"), "-o", "trainer.epochs=3"]) == 0
+    assert [row["epoch"] for row in rows(scratch)] == ["3"]  # the rows before are in the run's first folder
+    assert run_uid(scratch / "latest.pth") == run_uid(other / "latest.pth")  # the same run, in a new place
+    assert "held no run: the run goes on in it, so its metrics.csv starts at epoch 3" in (
+        scratch / "train.log").read_text()
+    # now it holds that run: a checkpoint of another run is refused there
+    (scratch / "foreign.pth").write_bytes((base / "latest.pth").read_bytes())
+    assert train.main(["-r", str(scratch / "foreign.pth"), "-o", "trainer.epochs=4"]) == 2
+    assert "it is of another run" in capsys.readouterr().err
+
+
+@pytest.fixture
+def project_run(make_config: ConfigFactory, tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """latest.pth of a 1-epoch run started in a project folder whose config names its paths
+    relative to it (`data/`, `saved/`), as the shipped config does; the test then runs elsewhere,
+    offline (MNIST downloads go to a closed local port)."""
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    project = tmp_path / "project"
+    shutil.copytree(mnist_dir, project / "data")
+    config = make_config(trainer__epochs=1, trainer__save_dir="saved/")
+    config["data_loader"]["args"]["data_dir"] = "data/"
+    (project / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(project)
+    assert train.main(["-c", "config.json", "--run-id", "run"]) == 0
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    return project / "saved" / "Mnist_LeNet" / "run" / "latest.pth"
+
+
+def test_a_run_records_its_paths_absolute_and_resumes_from_any_folder(project_run: Path) -> None:
+    project = project_run.parents[3]
+    recorded = json.loads((project_run.parent / "config.json").read_text())
+    assert recorded["data_loader"]["args"]["data_dir"] == str(project / "data")
+    assert recorded["trainer"]["save_dir"] == str(project / "saved")
+    assert train.main(["-r", str(project_run), "-o", "trainer.epochs=2"]) == 0
+    assert [row["epoch"] for row in rows(project_run.parent)] == ["1", "2"]
+    assert test_script.main(["-r", str(project_run)]) == 0  # evaluated on the run's own data, from here
+
+
+def test_data_that_moved_is_named_on_resume_applied_and_logged(
+    project_run: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    project = project_run.parents[3]
+    (project / "data").rename(project / "moved")  # staged elsewhere: the same data
+    assert train.main(["-r", str(project_run), "-o", "trainer.epochs=2"]) == 2
+    assert f"MNIST not found in '{project / 'data'}/MNIST/raw'" in capsys.readouterr().err  # where the run had it
+    moved = project / "moved"
+    assert train.main(["-r", str(project_run), "-o", "trainer.epochs=2", "-o", f"data_loader.args.data_dir={moved}"
+                       ]) == 0
+    assert [row["epoch"] for row in rows(project_run.parent)] == ["1", "2"]
+    recorded = json.loads((project_run.parent / "config.json").read_text())
+    assert recorded["data_loader"]["args"]["data_dir"] == str(moved)
+    log = (project_run.parent / "train.log").read_text()
+    assert f"Resuming with new values: data_loader.args.data_dir '{project / 'data'}' -> '{moved}'" in log
 
 
 @pytest.fixture

@@ -143,7 +143,11 @@ def test_two_branches_from_one_checkpoint_at_the_same_moment_each_get_a_folder(
     branch = parser.make_run_dir()
     parser.release_run_dir()
     assert branch == run_dir.parent / "run-from-epoch1-2"
-    assert (branch / "latest.pth").read_bytes() == (run_dir / "checkpoint-epoch1.pth").read_bytes()
+    carried, source = (torch.load(path, weights_only=True) for path in (branch / "latest.pth",
+                                                                         run_dir / "checkpoint-epoch1.pth"))
+    assert carried["run_uid"] == parser.run_uid != source["run_uid"]  # the checkpoint, as the branch's own
+    assert carried["epoch"] == 1 and carried["state_dict"].keys() == source["state_dict"].keys()
+    assert all(torch.equal(tensor, source["state_dict"][name]) for name, tensor in carried["state_dict"].items())
     assert sorted(path.name for path in (run_dir.parent / "run-from-epoch1").iterdir()) == ["theirs.txt"]
     assert files(run_dir) == before
 

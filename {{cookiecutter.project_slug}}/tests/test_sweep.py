@@ -305,7 +305,7 @@ def test_the_report_of_a_study_lists_its_trials_and_draws_optunas_plots(
 
     assert report.main([]) == 2  # config.json's runs: none but the study's
     err = capsys.readouterr().err
-    assert f"it holds the studies s: report one with python report.py {folder}" in err, err
+    assert f"it holds the studies s: report one with python report.py {folder.resolve()}" in err, err
 
 
 def test_the_report_shows_a_retry_with_its_own_values_and_the_run_folder_it_shares(

@@ -63,14 +63,13 @@ class StagedFiles:
 
     def _write(self, data: bytes, path: Path) -> Path:
         with full_disk_reported(path):
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            self._staged.append((Path(name), path))
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private; these are normal files
+            fd, name = temp_file_beside(path, ".tmp")
+            self._staged.append((name, path))
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
-        return Path(name)
+        return name
 
     def _link(self, source: Path, data: bytes, path: Path) -> None:
         temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
@@ -80,6 +79,15 @@ class StagedFiles:
             self._write(data, path)
             return
         self._staged.append((temp, path))
+
+
+def temp_file_beside(path: Path, suffix: str) -> tuple[int, Path]:
+    """A new, open temporary file `.<name>.XXXX<suffix>` in `path`'s folder (its descriptor and
+    path), to be renamed over `path` once written. Its permissions are those of a normal new
+    file (0666 less the umask): mkstemp makes it private, which the renamed file would keep."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, Path(name)
 
 
 def check_writable_file(path: Path, label: str = "") -> None:
