@@ -7,12 +7,13 @@ a resume bitwise equal to the uninterrupted run."""
 import json
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import Render
+from conftest import render_into
 from test_preemption import Job, assert_bitwise, load
 
 # torchvision 0.29 warns on every image it encodes or decodes (its codecs are to move to TorchCodec)
@@ -54,52 +55,79 @@ def place_resnet18_weights(torch_home: Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def test_a_pretrained_resnet18_fine_tunes_on_photos_stops_on_sigterm_and_resumes_bitwise(
-    render: Render, tmp_path: Path
-) -> None:
-    project = render(dataset="image_folder")
-    photos, torch_home = tmp_path / "photos", tmp_path / "torch_home"
-    write_photos(photos)
-    weights = place_resnet18_weights(torch_home)
+@dataclass(frozen=True)
+class PhotoProject:
+    """An image_folder project with photos, resnet18 weights in a TORCH_HOME of its own and a
+    small config_finetune.json (3 epochs, the first frozen, 32-pixel images)."""
+
+    project: Path
+    config: Path
+    weights: dict[str, torch.Tensor]
+    env: dict[str, str]
+    save_dir: Path
+
+    def command(self, launcher: list[str], *args: str) -> Job:
+        return Job(self.project, [sys.executable, *launcher, "train.py", *args], env=self.env)
+
+
+@pytest.fixture(scope="module")
+def photo_project(tmp_path_factory: pytest.TempPathFactory) -> PhotoProject:
+    root = tmp_path_factory.mktemp("photo-project")
+    project = render_into(root / "rendered", {"dataset": "image_folder"})
+    write_photos(root / "photos")
+    weights = place_resnet18_weights(root / "torch_home")
     config = json.loads((project / "config_finetune.json").read_text())
     config["n_gpu"] = 0
     config["arch"]["args"]["num_classes"] = 3
     config["data_loader"]["args"].update(
-        data_dir=str(photos), batch_size=4, image_size=32, cache_dir=str(tmp_path / "cache")
+        data_dir=str(root / "photos"), batch_size=4, image_size=32, cache_dir=str(root / "cache")
     )
     config["trainer"].update(
-        epochs=3, freeze_backbone_epochs=1, save_dir=str(tmp_path / "saved"), save_period=1, keep_last=0, verbosity=1
+        epochs=3, freeze_backbone_epochs=1, save_dir=str(root / "saved"), save_period=1, keep_last=0, verbosity=1
     )
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(config))
-    env = {"TORCH_HOME": str(torch_home)}
+    (root / "config.json").write_text(json.dumps(config))
+    env = {"TORCH_HOME": str(root / "torch_home")}
+    return PhotoProject(project, root / "config.json", weights, env, root / "saved" / NAME)
 
-    def train(*args: str) -> Job:
-        return Job(project, [sys.executable, "train.py", *args], env=env)
 
-    straight = train("-c", str(config_file), "--run-id", "straight")
+@pytest.mark.xdist_group("photo-project")
+def test_a_pretrained_resnet18_fine_tunes_on_photos_stops_on_sigterm_and_resumes_bitwise(
+    photo_project: PhotoProject,
+) -> None:
+    runs = photo_project.save_dir
+    straight = photo_project.command([], "-c", str(photo_project.config), "--run-id", "straight")
     assert straight.finish() == 0, straight.text()[-3000:]
-    straight_dir = tmp_path / "saved" / NAME / "straight"
     assert (
         "Starting from the pretrained weights ResNet18_Weights.IMAGENET1K_V1"
-        in (straight_dir / "train.log").read_text()
+        in (runs / "straight" / "train.log").read_text()
     )
-    after_frozen = load(straight_dir / "checkpoint-epoch1.pth")["state_dict"]
-    for key, tensor in weights.items():  # the frozen epoch trained the new head alone
+    after_frozen = load(runs / "straight" / "checkpoint-epoch1.pth")["state_dict"]
+    for key, tensor in photo_project.weights.items():  # the frozen epoch trained the new head alone
         if not key.startswith("fc."):
             assert torch.equal(after_frozen[f"network.{key}"], tensor), key
     assert after_frozen["network.fc.weight"].shape == (3, 512)
     assert not torch.equal(
-        load(straight_dir / "checkpoint-epoch2.pth")["state_dict"]["network.conv1.weight"], weights["conv1.weight"]
+        load(runs / "straight" / "checkpoint-epoch2.pth")["state_dict"]["network.conv1.weight"],
+        photo_project.weights["conv1.weight"],
     )  # then the backbone trained
 
-    stopped = train("-c", str(config_file), "--run-id", "stopped")
+    stopped = photo_project.command([], "-c", str(photo_project.config), "--run-id", "stopped")
     stopped.wait_for("epoch 2/3 train")  # the epoch in which the backbone unfreezes: 9 batches, then validation
     stopped.signal_group(signal.SIGTERM)
     assert stopped.finish() == 128 + signal.SIGTERM, stopped.text()[-3000:]
-    stopped_dir = tmp_path / "saved" / NAME / "stopped"
-    saved = load(stopped_dir / "latest.pth")
+    saved = load(runs / "stopped" / "latest.pth")
     assert saved["epoch"] == 1 and saved["batches_done"] > 0, (saved["epoch"], saved["batches_done"])
-    resumed = train("-r", str(stopped_dir / "latest.pth"))
+    resumed = photo_project.command([], "-r", str(runs / "stopped" / "latest.pth"))
     assert resumed.finish() == 0, resumed.text()[-3000:]
-    assert_bitwise(straight_dir, stopped_dir)
+    assert_bitwise(runs / "straight", runs / "stopped")
+
+
+@pytest.mark.xdist_group("photo-project")
+def test_two_processes_fine_tune_across_the_unfreezing(photo_project: PhotoProject) -> None:
+    """DDP reduces the gradients of the parameters that needed them when it was built: it is
+    built again when the backbone unfreezes, and both processes train on."""
+    launcher = ["launch.py", "--standalone", "--nproc_per_node=2"]
+    job = photo_project.command(launcher, "-c", str(photo_project.config), "--run-id", "ddp", "-o", "trainer.epochs=2")
+    assert job.finish() == 0, job.text()[-3000:]
+    rows = (photo_project.save_dir / "ddp" / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2"]
