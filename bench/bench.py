@@ -773,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     example = shlex.join(["python", "train.py", *ours_train_args(data_dir, args.epochs, "bench-r<N>", overrides)])
     print(f"ours:    {example}  (in {project.name}/, timing shim around it)")
-    print(f"bare:    bench.bare_worker (LeNet, Adam amsgrad, batch {BATCH_SIZE}, no framework)")
+    print(f"bare:    bench.BareLoop (LeNet, Adam amsgrad, batch {BATCH_SIZE}, no framework)")
 
     env = child_env(device, args.threads)
     # On the CPU both bare loops do the same work: bare-device is only timed on a GPU.

@@ -57,7 +57,7 @@ class BaseTrainer(CheckpointedRun):
         options = config["trainer"]
         self.config, self.device, self.epochs = config, device, options["epochs"]
         self.raw_model = model  # the module itself: validate and save through this one
-        self.backbone = BackboneFreeze(model, options["freeze_backbone_epochs"])  # built trainable
+        self.backbone_freeze = BackboneFreeze(model, options["freeze_backbone_epochs"])  # built trainable
         if options["compile"]:
             compile_model(model, device)  # in place: raw_model and the wrapper below run compiled
         self.device_ids = device_ids
@@ -230,11 +230,11 @@ class BaseTrainer(CheckpointedRun):
     def _train_mode(self, epoch: int) -> None:
         """The model in training mode for `epoch`, its backbone frozen or not as
         `trainer.freeze_backbone_epochs` says (engine/backbone.py)."""
-        if self.backbone.set_epoch(epoch) and distributed.active():
+        if self.backbone_freeze.set_epoch(epoch) and distributed.active():
             # DDP reduces the gradients of the parameters that required them when it was built
             self.model = self.stepper.model = wrap_model(self.raw_model, self.device, self.device_ids)
         self.model.train()
-        self.backbone.keep_statistics()
+        self.backbone_freeze.keep_statistics()
 
     def _train_batch(self, batch: Batch, step: bool) -> None:
         with self.stepper.autocast():

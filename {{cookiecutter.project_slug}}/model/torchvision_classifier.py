@@ -3,6 +3,7 @@ head sized for your classes and, optionally, its pretrained weights (see docs/ba
 
 import difflib
 import os
+from collections import OrderedDict
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,8 +30,8 @@ class TorchvisionClassifier(BaseModel):
 
     The head is found by what it is, not by a table of names: the tensors whose shapes follow
     `num_classes` (for resnet18 `fc`, for efficientnet_b0 `classifier.1`, for vit_b_16
-    `heads.head`). It keeps torchvision's initialisation for the model; every other tensor is the
-    backbone. `head_parameters` lists the head's parameters, which `trainer.freeze_backbone_epochs`
+    `heads.head`), initialised as torchvision initialises that model's head; every other tensor
+    is the backbone. `head_parameters` lists the head's parameters, which `trainer.freeze_backbone_epochs`
     and `trainer.backbone_lr_factor` use.
 
     `forward` returns log-probabilities (B, num_classes), like the project's other models: pair
@@ -78,8 +79,9 @@ class TorchvisionClassifier(BaseModel):
         cannot be downloaded, or cannot be read, is an InputError naming the file and its folder."""
         if self.weights is None:
             return ""
-        state_dict = read_weights(self.weights, download)
-        kept = {key: value for key, value in state_dict.items() if key not in self.head_names}
+        state_dict = pretrained_state_dict(self.name, self.weights, download)
+        kept = OrderedDict((key, value) for key, value in state_dict.items() if key not in self.head_names)
+        kept._metadata = getattr(state_dict, "_metadata", None)  # type: ignore[attr-defined]  (module versions)
         try:
             missing, unexpected = self.network.load_state_dict(kept, strict=False)
         except RuntimeError as exc:  # a shape differs: the weights are for other builder arguments
@@ -174,9 +176,11 @@ def weights_key(weights: Any) -> str:
     return f"config: 'arch.args.weights' ({weights})"
 
 
-def read_weights(weights: Any, download: bool) -> dict[str, torch.Tensor]:
-    """The state_dict of `weights` from torchvision's cache, downloaded into it first (hash
-    checked) when missing and `download`."""
+def pretrained_state_dict(name: str, weights: Any, download: bool) -> dict[str, torch.Tensor]:
+    """The tensors of torchvision's model `name` with its `weights`, built by torchvision's own
+    builder, so that what the builder does to load them (reading its cache, downloading a
+    missing file with its hash checked, renaming old keys) is done as torchvision does it. The
+    global random state is left as it was (the builder initialises before loading)."""
     file = weights_file(weights)
     cached = file.is_file()
     put_it_there = (f"download {weights.url} into {file.parent} (the folder follows TORCH_HOME), or set "
@@ -185,7 +189,8 @@ def read_weights(weights: Any, download: bool) -> dict[str, torch.Tensor]:
         raise InputError(f"{weights_key(weights)}: no file {file.name} in {file.parent}, and a dry run downloads "
                          f"nothing; train once to download it, or {put_it_there}")
     try:
-        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+        with torch.random.fork_rng(devices=[]):
+            return torchvision_models().get_model(name, weights=weights).state_dict()
     except Exception as exc:  # noqa: BLE001  (urllib, the hash check and torch.load raise many types)
         if cached:
             raise InputError(f"{weights_key(weights)}: cannot read {file} ({first_line(exc)[:200]}); delete it "
