@@ -13,7 +13,8 @@ on a GPU would each be at least one kernel launch), and over the epoch the reads
 value (`aten::_local_scalar_dense`: `.item()`, `float(t)`, `.tolist()`) outside and inside the
 optimizer's step; the trainer's, on a GPU, each wait for every queued kernel. Counts do not
 drift with the machine's load, so one run is the figure; the model's own operators are the same
-for every template version.
+for every template version. bench.py's bare loop (BareLoop) is counted the same way, over one
+epoch of the same data, for comparison.
 """
 
 from __future__ import annotations
@@ -68,6 +69,27 @@ json.dump({"batches": len(steps), "ops": ops, "reads": reads}, open(result_path,
 """
 
 
+# The bare loop of bench.py (bench.BareLoop), one epoch of the same data, counted the same way.
+BARE_CHILD = """
+import json, sys
+from collections import Counter
+from torch.profiler import ProfilerActivity, profile
+sys.dont_write_bytecode = True
+sys.path.insert(0, sys.argv[3])
+import bench
+
+loop = bench.BareLoop(sys.argv[1], "cpu")
+batches = -(-len(loop.x_train) // bench.BATCH_SIZE)
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    loop.epoch()
+ops = Counter()
+for event in prof.events():
+    if event.name.startswith("aten::") and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::")):
+        ops[event.name] += 1
+json.dump({"batches": batches, "ops": ops}, open(sys.argv[2], "w"))
+"""
+
+
 def render(template: Path, out: Path) -> Path:
     from cookiecutter.main import cookiecutter
 
@@ -111,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         f"reads of a tensor's value in the epoch (aten::_local_scalar_dense): {reads.get('trainer', 0)} by the "
         f"trainer, {reads.get('optimizer', 0)} inside optimizer.step (Adam's step counters, CPU tensors even when "
         "training on a GPU: no synchronisation)"
+    )
+    bare_result = out / "ops-bare.json"
+    command = [sys.executable, "-c", BARE_CHILD, str(data_dir), str(bare_result), str(BENCH_DIR)]
+    child = subprocess.run(command, cwd=out, capture_output=True, text=True, check=False)
+    if child.returncode != 0:
+        sys.exit(f"the profiled bare loop failed:\n{child.stderr[-3000:]}")
+    bare = json.loads(bare_result.read_text())
+    bare_total = sum(bare["ops"].values())
+    print(
+        f"bench.py's bare loop, one epoch of the same data counted the same way (its validation included): "
+        f"{bare_total / bare['batches']:.1f} per training batch"
     )
     print("most frequent operators, per training batch:")
     for name, count in sorted(counts["ops"].items(), key=lambda item: -item[1])[:15]:

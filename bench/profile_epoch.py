@@ -9,7 +9,7 @@ out: build/bench-profile), then, in this process, under cProfile:
     bars, metrics, validation, TensorBoard, metrics.csv and checkpoints on). The project's
     modules are imported before profiling starts; what train() does (config, data decoding,
     model, run directory, TensorBoard import, one epoch, bookkeeping) is profiled.
-  * bare: bench.bare_worker for one epoch (data decoding included).
+  * bare: bench.bare_worker (bench.BareLoop) for one epoch (data decoding included).
 For each it prints the wall time, the epoch split measured with bench.py's timers (ours), and
 the top K functions by cumulative time and by own (total) time. `--dump DIR` also saves the raw
 profiles as DIR/ours.prof and DIR/bare.prof (pstats files, e.g. for snakeviz).

@@ -36,6 +36,7 @@ REMOVALS: list[tuple[bool, tuple[str, ...]]] = [
             "data_loader/image_files.py",
             "data_loader/__init__.image_folder.py",
             "config_image_folder.json",
+            "config_finetune.json",
             "tests/test_image_folder.py",
             "docs/images.md",
         ),

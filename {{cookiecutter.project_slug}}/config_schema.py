@@ -211,6 +211,13 @@ SCHEMA: dict[str, Key] = {
                                        "their gradients", default=1, check=_at_least(1)),
         "clip_grad_norm": Key((int, float, type(None)), "clip the gradient norm to this value; null for no "
                               "clipping", default=None, check=lambda v: None if v is None or v > 0 else "must be > 0"),
+        "freeze_backbone_epochs": Key((int,), "train only the model's head for this many epochs at the start (the "
+                                      "backbone's weights and BatchNorm statistics frozen), then every parameter; for "
+                                      "a model with `head_parameters()` (TorchvisionClassifier: docs/backbones.md); 0: "
+                                      "none frozen", default=0, check=_at_least(0)),
+        "backbone_lr_factor": Key((float,), "the backbone's learning rate is the optimizer's `lr` times this (the "
+                                  "head's is `lr`), for a model with `head_parameters()` (docs/backbones.md)",
+                                  default=1.0, check=_above(0)),
         "compile": Key((bool,), "compile the model with `torch.compile` (needs a C++ compiler on the CPU, Triton on "
                        "a GPU); checkpoints are unchanged and load without it", default=False),
         "deterministic": Key((bool,), "deterministic algorithms and cuDNN settings, so that a resumed GPU run equals "

@@ -23,6 +23,7 @@ from base import BaseDataLoader
 from base.base_model import count_parameters
 from cli import command_line_parser, config_from_args, folder_name
 from engine import distributed
+from engine.backbone import check_lr_factor_kept, parameter_groups, scale_backbone_lr
 from engine.device import setup_device
 from engine.fit_check import accepts, check_trainer_fits_data
 from engine.lr_schedule import resolve_plateau_mode
@@ -30,7 +31,7 @@ from engine.signals import stop_request
 from logger import setup_logging
 from parse_config import ConfigParser, lookup
 from trainer import Trainer
-from utils import TrainingInterrupted, seed_everything
+from utils import InputError, TrainingInterrupted, seed_everything
 from utils.errors import exit_status_of
 
 logger = logging.getLogger("train")
@@ -54,7 +55,9 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
         seed_everything(seed)  # the same on every rank: the same initial model
     data_loader = build_data_loader(config, dry_run)
     valid_data_loader = data_loader.split_validation() if hasattr(data_loader, "split_validation") else None
-    model = config.init_obj("arch", module_arch, torch.nn.Module).to(device)
+    model = config.init_obj("arch", module_arch, torch.nn.Module)
+    pretrained = start_from_pretrained(config, model, dry_run)
+    model = model.to(device)
     logger.debug(model)
     if isinstance(data_loader, BaseDataLoader):
         data_loader.adapt_to_model(model)  # e.g. the normalisation of pretrained weights
@@ -67,9 +70,31 @@ def build_trainer(config: ConfigParser, dry_run: bool = False) -> Trainer:
                       data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler)
     check_trainer_fits_data(trainer)  # before any run folder exists
     trainer.restore()
+    trainer.start_note = "; ".join(note for note in (pretrained, trainer.start_note) if note)
     if not dry_run:
         trainer.connect_tracker()  # last: the slowest check (seconds), and it writes nothing either
     return trainer
+
+
+def start_from_pretrained(config: ConfigParser, model: torch.nn.Module, dry_run: bool = False) -> str:
+    """Load the pretrained weights of a model that has them (`load_pretrained`: TorchvisionClassifier's
+    `weights`) when the run starts from them; a resume, or a fine-tune that takes every tensor
+    from a checkpoint, takes its weights from the checkpoint and needs no weights file. A dry run
+    downloads nothing. Under torchrun rank 0 downloads a missing file while the others wait.
+    Returns what was loaded, for the run's log."""
+    load = getattr(model, "load_pretrained", None)
+    if load is None or config.resuming or (config.fine_tune and not config.partial):
+        return ""
+    note, failure = "", None
+    if distributed.is_main():
+        try:
+            note = load(download=not dry_run)
+        except InputError as exc:
+            failure = str(exc)
+    failure = distributed.broadcast(failure)
+    if failure is not None:
+        raise InputError(failure)
+    return note if distributed.is_main() else load(download=not dry_run)
 
 
 def build_data_loader(config: ConfigParser, dry_run: bool = False) -> DataLoader:
@@ -80,13 +105,19 @@ def build_data_loader(config: ConfigParser, dry_run: bool = False) -> DataLoader
 
 
 def build_optimizer(config: ConfigParser, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimizer over the model's trainable parameters, and the scheduler (or None)."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    """The optimizer over the model's trainable parameters (for the fine-tuning recipe in two
+    groups, head and backbone: engine/backbone.py), and the scheduler (or None)."""
+    options = config["trainer"]
+    lr_factor = options["backbone_lr_factor"]
+    parameters = parameter_groups(model, lr_factor, options["freeze_backbone_epochs"])
     optimizer = config.init_obj("optimizer", torch.optim, torch.optim.Optimizer, parameters)
+    scale_backbone_lr(optimizer, lr_factor)
     resolve_plateau_mode(config.config)
     if config["lr_scheduler"] is None:
         return optimizer, None
-    return optimizer, config.init_obj("lr_scheduler", torch.optim.lr_scheduler, LRScheduler, optimizer)
+    scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, LRScheduler, optimizer)
+    check_lr_factor_kept(optimizer, lr_factor, scheduler)
+    return optimizer, scheduler
 
 
 def train(config: ConfigParser) -> dict[str, float]:

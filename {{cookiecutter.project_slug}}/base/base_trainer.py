@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from engine import distributed
+from engine.backbone import BackboneFreeze
 from engine.checkpoint import (
     CheckpointSaver,
     Progress,
@@ -58,8 +59,10 @@ class BaseTrainer(CheckpointedRun):
         options = config["trainer"]
         self.config, self.device, self.epochs = config, device, options["epochs"]
         self.raw_model = model  # the module itself: validate and save through this one
+        self.backbone_freeze = BackboneFreeze(model, options["freeze_backbone_epochs"])  # built trainable
         if options["compile"]:
             compile_model(model, device)  # in place: raw_model and the wrapper below run compiled
+        self.device_ids = device_ids
         self.model = wrap_model(model, device, device_ids)  # train through this one (DDP, DataParallel)
         self.criterion, self.metric_fns = criterion, metric_fns
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
@@ -223,7 +226,7 @@ class BaseTrainer(CheckpointedRun):
         skip = self._set_epoch(epoch)
         total = skip + len(self.data_loader)
         self._begin_epoch(skip, total)
-        self.model.train()
+        self._train_mode(epoch)
         with self._bar(self.data_loader, f"epoch {epoch}/{self.epochs} train", skip) as bar:
             for batch in on_device(bar, self.data_loader, self.device, epoch, skip):
                 # accumulation counted from where this process began the epoch: a resume on another
@@ -259,6 +262,15 @@ class BaseTrainer(CheckpointedRun):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch, skip)
         return skip
+
+    def _train_mode(self, epoch: int) -> None:
+        """The model in training mode for `epoch`, its backbone frozen or not as
+        `trainer.freeze_backbone_epochs` says (engine/backbone.py)."""
+        if self.backbone_freeze.set_epoch(epoch) and distributed.active():
+            # DDP reduces the gradients of the parameters that required them when it was built
+            self.model = self.stepper.model = wrap_model(self.raw_model, self.device, self.device_ids)
+        self.model.train()
+        self.backbone_freeze.keep_statistics()
 
     def _train_batch(self, batch: Batch, step: bool) -> None:
         with self.stepper.autocast():
@@ -356,7 +368,7 @@ class BaseTrainer(CheckpointedRun):
     def dry_run(self) -> dict[str, float]:
         """One training batch (with its optimizer step) and one validation batch, to prove that
         everything fits together; returns their metrics. Writes nothing."""
-        self.model.train()
+        self._train_mode(self.start_epoch)
         self.train_metrics.reset()
         self._train_batch(next(on_device(islice(self.data_loader, 1), self.data_loader, self.device, 1)), step=True)
         log = self.train_metrics.result()

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from base import BaseModel
+from model.torchvision_classifier import TorchvisionClassifier  # noqa: F401  (config.json names models of this module)
 
 
 class MnistModel(BaseModel):

@@ -116,7 +116,8 @@ CATALOGUE = [
       data_loader__type="MyLoader"),
     c("data-loader-imported-base", "'data_loader.type' is 'BaseDataLoader', not one of data_loader: ", "lookup",
       data_loader__type="BaseDataLoader"),  # imported by every loader file, defined in none
-    c("arch-unknown-says-where", "'arch.type' is 'ResNet', not one of model.model: ImageClassifier, MnistModel; "
+    c("arch-unknown-says-where", "'arch.type' is 'ResNet', not one of model.model: ImageClassifier, MnistModel, "
+      "TorchvisionClassifier; "
       "a model class must subclass BaseModel (or nn.Module) in model/model.py", "lookup", arch__type="ResNet"),
     c("loss-unknown-says-where", "'loss' is 'l1', not one of model.loss: cross_entropy, nll_loss; "
       "a loss must be a function f(output, target) in model/loss.py", "lookup", loss="l1"),
@@ -142,6 +143,11 @@ CATALOGUE = [
     c("one-cycle-too-short", "OneCycleLR has 5 steps but the run takes 6 optimizer steps (1 x 6 per epoch)",
       "arguments",
       lr_scheduler={"type": "OneCycleLR", "args": {"max_lr": 0.01, "total_steps": 5}}),
+    c("freeze-backbone-without-a-head", "'trainer.freeze_backbone_epochs' is 2, but the model MnistModel has no "
+      "head_parameters() method", "arguments", trainer__freeze_backbone_epochs=2),
+    c("torchvision-model-unknown", "'arch.args.name' is 'resnet19', not a torchvision classification model; did you "
+      "mean resnet18", "arguments", arch={"type": "TorchvisionClassifier", "args": {"name": "resnet19",
+                                                                                  "num_classes": 10}}),
     c("save-every-minutes-zero", "'trainer.save_every_minutes' must be > 0, got 0", trainer__save_every_minutes=0),
     # MNIST's classes are the digits its labels use ("0" to "9"), held against the model's outputs
     c("num-classes-below-labels",
