@@ -4,11 +4,13 @@
 import exit_status  # first: a Ctrl-C while torch is imported (seconds) is then one line, not a traceback
 
 # isort: split
+import argparse
 import contextlib
 import json
 import logging
 import os
 import sys
+from datetime import datetime
 from typing import Any
 
 import torch
@@ -189,19 +191,24 @@ def main(argv: list[str] | None = None) -> int:
         "--dry-run", action="store_true",
         help="check the config: build everything, run one training and one validation batch, write nothing",
     )
+    parser.add_argument(
+        "--seeds", type=seed_list, metavar="S1,S2,...",
+        help="train the config once per seed, one run after another, as runs <run-id>-seed<S>; the same command "
+        "again resumes a stopped one and skips finished ones (report.py groups them)",
+    )
     args = parser.parse_args(argv)
     # A run listens for SIGINT and SIGTERM: they stop it at the next optimizer step, saved, and
     # change nothing after its last one. A dry run writes nothing: they end it at once (exit_status).
     with contextlib.nullcontext() if args.dry_run else stop_request.listening():
         try:
-            config = config_from_args(args, SHORTCUTS, training=True)
-            if args.dry_run:
-                dry_run(config)
+            if args.seeds:
+                train_seeds(args)
             else:
-                train(config)
+                config = config_from_args(args, SHORTCUTS, training=True)
+                dry_run(config) if args.dry_run else train(config)
             status, line = 0, ""
         except TrainingInterrupted as exc:
-            status, line = 128 + exc.signal_number, stop_line(exc)
+            status, line = 128 + exc.signal_number, stop_line(exc, args)
         except Exception as exc:
             status = exit_status_of(exc)  # InputError 2, TrainingDiverged 3, ...
             if status is None:
@@ -212,9 +219,43 @@ def main(argv: list[str] | None = None) -> int:
         return exit_status.finish(status, line, show=distributed.is_main())  # every rank ends alike: one says so
 
 
-def stop_line(exc: TrainingInterrupted) -> str:
+def seed_list(text: str) -> list[int]:
+    """`--seeds 1,2,3`: distinct whole numbers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of whole numbers, e.g. 1,2,3") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"'{text}' names a seed twice")
+    return seeds
+
+
+def train_seeds(args: argparse.Namespace) -> None:
+    """`--seeds`: the config trained once per seed (`trainer.seed`), one run after another, each
+    the run `<run-id>-seed<S>` of `--resume-or-start`: started, resumed where a stop left it, or
+    passed over when finished, so the same command carries on after a stop. The first run that
+    does not finish ends them all, with its status."""
+    for given, option in ((args.resume, "-r"), (args.fine_tune, "--fine-tune"), (args.dry_run, "--dry-run"),
+                          (args.resume_or_start, "--resume-or-start")):
+        if given:
+            raise InputError(f"--seeds trains the config (-c) once per seed; leave out {option}")
+    if args.run_id is None and distributed.launched_by_torchrun():  # the processes' clocks would name other runs
+        raise InputError("--seeds under torchrun needs --run-id: the runs' names, the same in every process")
+    base = args.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
+    for seed in args.seeds:
+        one = argparse.Namespace(**{**vars(args), "run_id": f"{base}-seed{seed}", "resume_or_start": True,
+                                    "override": [*args.override, f"trainer.seed={seed}"]})
+        args.current_run = one.run_id
+        train(config_from_args(one, SHORTCUTS, training=True))
+
+
+def stop_line(exc: TrainingInterrupted, args: argparse.Namespace | None = None) -> str:
     """The line that says how to resume a run stopped by a signal, with the command that ran it
-    (launch.py names its own; plain torchrun's options are not known here)."""
+    (launch.py names its own; plain torchrun's options are not known here). A run of `--seeds`
+    goes on with the same command."""
+    if args is not None and args.seeds and exc.checkpoint is not None:
+        return (f"interrupted by signal {exc.signal_number} in run {args.current_run}; run the same command with "
+                f"--run-id {args.current_run.rpartition('-seed')[0]} to resume it and train the other seeds")
     launcher = os.environ.get(exit_status.LAUNCH_COMMAND_ENV)
     if exc.checkpoint is not None and launcher:
         return f"interrupted by signal {exc.signal_number}; resume with: {launcher} train.py -r {exc.checkpoint}"

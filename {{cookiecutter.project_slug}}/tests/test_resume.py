@@ -255,6 +255,50 @@ def test_resume_or_start_starts_again_in_a_folder_without_a_checkpoint(
                                        "to start the run again\n")
 
 
+def test_seeds_train_one_run_per_seed_and_the_same_command_carries_on_after_a_stop(
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--seeds 1,2,3 --run-id lr`: runs lr-seed1, lr-seed2, lr-seed3; stopped in the second, the
+    same command resumes it exactly, trains the third and leaves the first as it was."""
+    (tmp_path / "config.json").write_text(json.dumps(make_config(trainer__epochs=2)))
+    command = ["-c", str(tmp_path / "config.json"), "--seeds", "1,2,3", "--run-id", "lr"]
+    with monkeypatch.context() as patch:
+        signal_after(patch, "train_step", 24 + 17)  # seed 1's 2 epochs of 12 batches, then 17 of seed 2's
+        assert train.main(command) == 143
+    assert "in run lr-seed2; run the same command with --run-id lr" in capsys.readouterr().err
+    first = files(run_dir(tmp_path, "lr-seed1"))
+    assert train.main(command) == 0
+    assert files(run_dir(tmp_path, "lr-seed1")) == first
+    for seed in (1, 2, 3):
+        folder = run_dir(tmp_path, f"lr-seed{seed}")
+        assert json.loads((folder / "config.json").read_text())["trainer"]["seed"] == seed
+        assert [row["epoch"] for row in metrics_rows(folder)] == ["1", "2"]
+    assert "Resuming from" in (run_dir(tmp_path, "lr-seed2") / "train.log").read_text()
+    straight = ConfigParser(make_config(trainer__epochs=2, trainer__seed=2), run_id="straight")
+    train.train(straight)
+    assert metrics_rows(run_dir(tmp_path, "lr-seed2")) == metrics_rows(run_dir(tmp_path, "straight"))
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--seeds", "1,1"], "error: argument --seeds: '1,1' names a seed twice (see"),
+    (["--seeds", "1,x"], "error: argument --seeds: '1,x' is not a list of whole numbers, e.g. 1,2,3 (see"),
+    (["--seeds", "1,2", "--dry-run"], "error: --seeds trains the config (-c) once per seed; leave out --dry-run\n"),
+    (["--seeds", "1,2", "--resume-or-start"], "error: --seeds trains the config (-c) once per seed; leave out "
+                                              "--resume-or-start\n"),
+])
+def test_bad_seeds_are_one_line_and_train_nothing(
+    make_config: ConfigFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str,
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(make_config()))
+    try:
+        status = train.main(["-c", str(tmp_path / "config.json"), *extra])
+    except SystemExit as exc:  # argparse's own refusals
+        status = exc.code
+    assert status == 2
+    assert capsys.readouterr().err.startswith(message)
+    assert not (tmp_path / "saved").exists()
+
+
 def test_the_resume_hint_names_the_same_absolute_checkpoint_after_every_stop(
     make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
