@@ -143,10 +143,11 @@ def test_every_node_ends_with_the_outcome(default_project: Path, mnist_sample_di
     other = nodes[1 - nodes.index(main_node)]
     other.signal_group(signal.SIGTERM)  # at once: the ranks agree on it within a quarter of a second
     resume = f"python launch.py {' '.join(rendezvous)} train.py -r {tmp_path / NAME / 'nodes' / 'latest.pth'}"
-    for node in nodes:  # torchrun may warn that the other node's agent took the rendezvous store away
+    for node in nodes:  # the node that hosts the rendezvous store may end first, and take it away
         assert node.finish() == 143, node.text()[-3000:]
         assert "".join(node.err).strip().splitlines()[-1] == f"interrupted by signal 15; resume with: {resume}"
-        assert "Traceback" not in node.text() and "SignalException" not in node.text(), node.text()[-3000:]
+        for noise in ("Traceback", "SignalException", "exit barrier", "keep-alive", "frame #", "TCPStore"):
+            assert noise not in node.text(), node.text()[-3000:]
 
 
 def first_to_print(jobs: list[Job], text: str, timeout: float = 300) -> Job:

@@ -94,7 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     forwarder = Forwarder()
     for number in STOP_SIGNALS:
         signal.signal(number, forwarder)
+    # torch's C++ warnings in this process alone (a store's socket errors, each with a C++ stack, as
+    # when another node's agent takes the rendezvous store away at the end): off unless asked for
+    quiet = "TORCH_CPP_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"  # read once, as torch loads
     from torch.distributed import run as torchrun  # seconds: a signal meanwhile is kept in `received`
+
+    if quiet:
+        del os.environ["TORCH_CPP_LOG_LEVEL"]  # the processes keep torch's default
 
     if forwarder.received:
         return end(128 + forwarder.received[0], f"interrupted by signal {forwarder.received[0]} before training "
@@ -132,6 +140,17 @@ def run_torchrun(run: Callable[..., object], options: argparse.Namespace, forwar
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(
         lambda record: not (str(record.msg).startswith("failed (exitcode") and record.args
                             and record.args[0] in [-number for number in STOP_SIGNALS]))
+    # once this node's processes have ended, the node that hosts the rendezvous store may finish
+    # first and take the store away: the others' exit barrier, keep-alive and shutdown then fail
+    # on it (a traceback and warnings, nothing changed), which the outcome line makes moot
+    store_gone = ("Error waiting on exit barrier", "has failed to send a keep-alive heartbeat",
+                  "has failed to shutdown the rendezvous")
+
+    def keep_while_running(record_: logging.LogRecord) -> bool:
+        return not any(words in str(record_.msg) for words in store_gone) or not read_outcomes(folder)
+
+    for name in ("torch.distributed.elastic.agent.server.api", "torch.distributed.elastic.rendezvous.dynamic_rendezvous"):
+        logging.getLogger(name).addFilter(keep_while_running)
     try:
         record(run)(options)
     except (ChildFailedError, SignalException) as exc:
