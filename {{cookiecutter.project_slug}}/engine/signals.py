@@ -6,17 +6,21 @@ more than once (SLURM signals every process of a step and torchrun forwards it a
 
 - the training process turns the first SIGINT or SIGTERM into a request that the trainer reads
   between batches; repeated SIGTERMs are the same request; a second SIGINT (a user's double
-  Ctrl-C) exits at once;
+  Ctrl-C) ends the process at once, without saving or cleaning up (`end_now`);
 - DataLoader worker processes ignore both: the training process decides when to stop, and a
   worker killed under it would turn a clean stop into a crash. Workers are started with the
   signals blocked, so that none lands in the moment before a worker has set itself to ignore it.
 """
 
+import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import NoReturn
 
 import exit_status
 
@@ -40,7 +44,7 @@ class StopRequest:
         if self.signal_number is None:
             self.signal_number = signal_number
         elif signal_number == signal.SIGINT:  # pressed twice: the user wants out now
-            raise SystemExit(exit_status.finish(128 + signal_number, ""))  # under launch.py: recorded
+            end_now(exit_status.finish(128 + signal_number, ""))  # under launch.py: recorded
         # a repeated SIGTERM is the same request: already being handled
 
     @contextmanager
@@ -62,6 +66,19 @@ class StopRequest:
             if self._depth == 0:
                 for number, handler in previous.items():
                     signal.signal(number, handler)
+
+
+def end_now(status: int) -> NoReturn:
+    """End the process with `status` at once, with no clean-up: an exception raised from a
+    signal handler lands at any point of the program, inside a data loader's queue between
+    taking a lock and the block that releases it among them, and the clean-up that then needs
+    that lock waits for ever. What this skips is safe to skip: files are only ever renamed into
+    place whole (an unfinished `.NAME.XXXX.tmp` can stay), the run folder's lock goes with the
+    process, and data loader workers end once they see their parent gone."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 stop_request = StopRequest()  # the process's one; train.py and the trainer listen through it

@@ -134,3 +134,28 @@ def test_a_closed_broken_or_full_output_stream_changes_nothing(
     said = errors.read_text() if errors.exists() else ""
     assert "Traceback" not in said and "Error" not in said and "Exception ignored" not in said, said[-2000:]
     assert (tmp_path / "saved" / "Mnist_LeNet" / "out" / "latest.pth").is_file()
+
+
+SECOND_CTRL_C = """
+import atexit, os, signal, time
+from engine.signals import stop_request
+
+atexit.register(time.sleep, 600)  # a clean-up that never ends, as one that waits for a lock does
+with stop_request.listening():
+    os.kill(os.getpid(), signal.SIGINT)  # the first: a request to stop, recorded
+    time.sleep(0.2)
+    assert stop_request.pending() == signal.SIGINT
+    os.kill(os.getpid(), signal.SIGINT)  # the second: out, now
+    time.sleep(600)
+"""
+
+
+def test_a_second_ctrl_c_ends_the_process_without_its_clean_up() -> None:
+    """A second SIGINT ends the process there and then: raising an exception from the signal
+    handler (SystemExit) ran the clean-up, which can wait for ever for a lock that the exception
+    left held (seen once: a double Ctrl-C with data loader workers, on a loaded machine, never ended)."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", SECOND_CTRL_C], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stderr) == (130, ""), done.stderr
+    assert time.monotonic() - started < 30
