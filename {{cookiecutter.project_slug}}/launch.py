@@ -149,8 +149,8 @@ def run_torchrun(run: Callable[..., object], options: argparse.Namespace, forwar
     def keep_while_running(record_: logging.LogRecord) -> bool:
         return not any(words in str(record_.msg) for words in store_gone) or not read_outcomes(folder)
 
-    for name in ("torch.distributed.elastic.agent.server.api", "torch.distributed.elastic.rendezvous.dynamic_rendezvous"):
-        logging.getLogger(name).addFilter(keep_while_running)
+    for name in ("agent.server.api", "rendezvous.dynamic_rendezvous"):
+        logging.getLogger(f"torch.distributed.elastic.{name}").addFilter(keep_while_running)
     try:
         record(run)(options)
     except (ChildFailedError, SignalException) as exc:
