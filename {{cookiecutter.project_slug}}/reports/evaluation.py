@@ -8,7 +8,7 @@ import contextlib
 import csv
 import io
 import json
-import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from engine import distributed
 from engine.signals import stop_signals_blocked
 from reports.plot import figure_bytes
 from utils.errors import InputError
-from utils.staged_files import StagedFiles
+from utils.staged_files import StagedFiles, full_disk_reported
 
 FILES = ("per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "metrics.json")
 ANNOTATED_CLASSES = 30  # up to this many classes, every cell of the PNG shows its count
@@ -127,29 +127,43 @@ def confusion_figure(counts: torch.Tensor, names: list[str]) -> Figure:
 
 
 def check_report_folder(folder: Path) -> None:
-    """Refuse, before evaluating, a folder that cannot be made or written (nothing is made)."""
+    """Refuse, before evaluating, a folder that cannot be made or written: made (with its missing
+    parents) and written to for a moment, as the report will be, then left as it was."""
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--report '{folder}': a file, not a folder")
-    existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"--report '{folder}': cannot write into '{existing}' (not a writable folder)")
+    made = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"--report '{folder}': cannot write into it ({exc.strerror or exc})") from None
+    finally:
+        remove_folders(made)
+
+
+def remove_folders(folders: list[Path]) -> None:
+    """Remove each of `folders` (innermost first) that is empty."""
+    for path in folders:
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def write_report(folder: Path, files: dict[str, bytes]) -> None:
     """Make `folder` (and its missing parents) and write every file whole, all or none: a
     failure leaves the folder as it was, and removes the folders it made."""
     made = [path for path in (folder, *folder.parents) if not path.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
     try:
+        with full_disk_reported(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         with StagedFiles() as staged:
             for name, data in files.items():
                 staged.add(data, folder / name)
             with stop_signals_blocked():  # all or none, also when Ctrl-C comes between the renames
                 staged.commit()
+    except OSError as exc:
+        remove_folders(made)
+        raise InputError(f"--report '{folder}': cannot write into it ({exc.strerror or exc})") from None
     except BaseException:
-        for path in made:  # innermost first
-            with contextlib.suppress(OSError):
-                path.rmdir()
+        remove_folders(made)
         raise
