@@ -26,7 +26,7 @@ from engine.lr_schedule import check_step_budget
 from engine.metric_tracker import MetricTracker
 from engine.resume import apply_changes, capture_hyperparameters, check_resumable
 from engine.signals import stop_request
-from logger.metrics_csv import MetricsCSV
+from logger.metrics_csv import MetricsCSV, epoch_ranges
 from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted, first_line
 
 logger = logging.getLogger("trainer")
@@ -191,7 +191,12 @@ class CheckpointedRun:
         if self.is_main:
             try:
                 if self.config.resuming:  # refuse a metrics.csv the run cannot continue before writing anything
-                    MetricsCSV(self.config.resume_path.parent / "metrics.csv", self.start_epoch)
+                    csv_path = self.config.resume_path.parent / "metrics.csv"
+                    missing = MetricsCSV(csv_path, self.start_epoch).missing
+                    if missing:
+                        logger.warning("%s has no row for %s %s, which the checkpoint has trained; the run goes on "
+                                       "without them (their figures are lost)", csv_path,
+                                       "epoch" if len(missing) == 1 else "epochs", epoch_ranges(missing))
                 outcome = ("made", str(self.config.make_run_dir()))
             except InputError as exc:
                 outcome = ("error", str(exc))

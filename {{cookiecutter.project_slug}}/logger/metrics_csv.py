@@ -29,6 +29,9 @@ class MetricsCSV:
         if path.exists():
             self.columns, rows = read_metrics_csv(path)
             self.rows = [row for row in rows if int(row["epoch"]) < start_epoch]
+        kept = {int(row["epoch"]) for row in self.rows}
+        # the epochs before `start_epoch` that have no row (taken out of the file, or the file lost)
+        self.missing = [epoch for epoch in range(1, start_epoch) if epoch not in kept]
 
     def write(self, row: dict[str, float | int]) -> None:
         """Add the row of one epoch to the file now."""
@@ -71,6 +74,10 @@ def read_metrics_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     (_, header), body = lines[0], lines[1:]
     if "epoch" not in header:
         shown = ",".join(header)
+        separator = next((mark for mark in (";", "\t") if len(header) == 1 and mark in header[0]), None)
+        if separator is not None:
+            raise InputError(f"metrics file '{path}': its columns are separated by {separator!r}, not commas "
+                             f"({shown[:60]}); save it as comma-separated CSV")
         raise InputError(f"metrics file '{path}': no 'epoch' column in its header ({shown[:120]})")
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
@@ -104,3 +111,14 @@ def _epoch(path: Path, number: int, text: str) -> int:
 
 def _cells(row: dict[str, float | int]) -> dict[str, str]:
     return {key: str(value) if isinstance(value, int) else repr(float(value)) for key, value in row.items()}
+
+
+def epoch_ranges(epochs: list[int]) -> str:
+    """Sorted epochs as runs of consecutive ones: [2, 3, 4, 7] -> '2-4, 7'."""
+    parts: list[str] = []
+    for epoch in sorted(epochs):
+        if parts and parts[-1].rpartition("-")[2] == str(epoch - 1):
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{epoch}"
+        else:
+            parts.append(str(epoch))
+    return ", ".join(parts)

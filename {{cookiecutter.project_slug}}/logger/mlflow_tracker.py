@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from logger.metrics_csv import epoch_ranges
 from utils.errors import InputError, TrainingInterrupted, first_line
 from utils.staged_files import write_atomic
 
@@ -75,6 +76,14 @@ def reason(exc: BaseException) -> str:
     return found[-1].strip() if found else first_line(exc)[:300]
 
 
+def answered(exc: BaseException) -> bool:
+    """Whether `exc` is MLflow's own refusal (a store it will not use, such as a folder of files),
+    rather than a store that could not be reached."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and not re.search(r"\[Errno -?\d+\]", str(exc))
+
+
 def connect(options: dict[str, Any], save_dir: str, experiment: str) -> "MlflowTracker":
     """A tracker for the store that the options name, checked now, before any run folder exists:
     a store that does not answer (or a database that could not be created) is an InputError,
@@ -98,11 +107,19 @@ def connect(options: dict[str, Any], save_dir: str, experiment: str) -> "MlflowT
             raise InputError(f"trainer.mlflow: cannot create the MLflow database {database} ({folder} is not a "
                              f"writable folder); {remedy}")
         return tracker
+    if "://" not in uri and uri.endswith((".db", ".sqlite")):  # MLflow reads a plain path as a folder store
+        raise InputError(f"trainer.mlflow: tracking_uri {uri!r} is a path, which MLflow takes for a folder of "
+                         f"files; for a SQLite database write it as sqlite:///{Path(uri).absolute()} (or train without "
+                         "tracking: -o trainer.mlflow.enabled=false)")
     try:
         with quick_requests():
             found = tracker.client().get_experiment_by_name(experiment)
     except Exception as exc:  # noqa: BLE001  (whatever the store's client raises: it did not answer)
-        raise InputError(f"trainer.mlflow: the MLflow store {uri} does not answer ({reason(exc)}); {remedy}") from None
+        if not answered(exc):
+            raise InputError(f"trainer.mlflow: the MLflow store {uri} does not answer ({reason(exc)}); {remedy}") \
+                from None
+        raise InputError(f"trainer.mlflow: MLflow refuses the store {uri}: {first_line(exc)[:600]}; or train "
+                         "without tracking: -o trainer.mlflow.enabled=false") from None
     if found is not None and found.lifecycle_stage == "deleted":
         raise InputError(f"trainer.mlflow: experiment '{experiment}' is deleted in {uri}; restore it (mlflow "
                          "experiments restore) or choose another trainer.mlflow.experiment")
@@ -261,8 +278,9 @@ class MlflowTracker:
                 self.client().update_run(previous, status="RUNNING")
                 self.run_id, self.experiment_id = previous, run.info.experiment_id
                 return
-            logger.warning("MLflow: run %s holds epochs %s, which this run trains again; a new MLflow run "
-                           "mirrors it", previous, ", ".join(map(str, stale)))
+            logger.warning("MLflow: run %s holds epochs %s, which metrics.csv no longer has (to be trained "
+                           "again, or taken out of it); a new MLflow run mirrors metrics.csv", previous,
+                           epoch_ranges(stale))
             self.tags = {**self.tags, "replaces_run_id": previous}
         elif previous:
             logger.info("MLflow: %s has no run %s (the one this folder was tracked in); a new MLflow run gets "

@@ -13,6 +13,7 @@ import pytest
 
 import train
 from logger import MetricsCSV
+from logger.metrics_csv import epoch_ranges
 from utils.errors import InputError
 
 ConfigFactory = Callable[..., dict[str, Any]]
@@ -73,7 +74,8 @@ def test_a_removed_metric_leaves_empty_cells_and_a_real_nan_stays_nan(tmp_path: 
 
 @pytest.mark.parametrize(("content", "problem"), [
     ("loss,lr\n0.5,0.1\n", "no 'epoch' column in its header (loss,lr)"),
-    ("\ufeffepoch;loss\r\n1;0.5\r\n", "no 'epoch' column in its header (epoch;loss)"),
+    ("\ufeffepoch;loss\r\n1;0.5\r\n", "its columns are separated by ';', not commas (epoch;loss); save it as "
+     "comma-separated CSV"),
     ("epoch,loss\n1,0.5\nTOTAL,0.5\n", "line 3 has epoch 'TOTAL', not a whole number"),
     ("epoch,loss\n1.5,0.5\n", "line 2 has epoch '1.5', not a whole number"),
     ("epoch,loss\n1,0.5,0.7\n", "line 2 has 3 cells, the header 2"),
@@ -107,6 +109,30 @@ def test_resume_through_train_py_continues_a_spreadsheet_file_and_widens_it(
                              "top_k_acc", "val_top_k_acc"]
     assert [row["top_k_acc"] == "" for row in rows] == [True, True, False]
     assert all(row["val_accuracy"] not in ("", "nan") for row in rows)
+
+
+def test_the_epochs_without_a_row_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    assert MetricsCSV(path, start_epoch=3).missing == [1, 2]  # no file at all
+    path.write_text("epoch,loss\n1,0.5\n3,0.3\n6,0.1\n")
+    assert MetricsCSV(path, start_epoch=6).missing == [2, 4, 5]
+    assert MetricsCSV(path, start_epoch=2).missing == []
+    assert epoch_ranges([7, 2, 3, 4, 9]) == "2-4, 7, 9"
+
+
+def test_resume_after_rows_were_taken_out_says_which_and_goes_on(
+    make_config: ConfigFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(make_config(trainer__epochs=3)))
+    assert train.main(["-c", str(tmp_path / "config.json"), "--run-id", "run"]) == 0
+    run_dir = tmp_path / "saved" / "Mnist_LeNet" / "run"
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    (run_dir / "metrics.csv").write_text("\n".join([lines[0], lines[1]]) + "\n")  # epochs 2 and 3 taken out
+    caplog.clear()
+    assert train.main(["-r", str(run_dir / "latest.pth"), "-o", "trainer.epochs=4"]) == 0
+    said = f"{run_dir / 'metrics.csv'} has no row for epochs 2-3, which the checkpoint has trained"
+    assert [record.levelname for record in caplog.records if said in record.getMessage()] == ["WARNING"]
+    assert [row["epoch"] for row in read_rows(run_dir / "metrics.csv")] == ["1", "4"]
 
 
 def test_resume_with_a_metrics_file_it_cannot_continue_changes_nothing(
