@@ -152,6 +152,9 @@ def run_uid_of(path: Path) -> str | None:
     return uid if isinstance(uid, str) else None
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".tar", ".bin")  # what a checkpoint file may be named
+
+
 def _read(path: Path) -> dict[str, Any]:
     if path.is_dir():
         latest = path / "latest.pth"
@@ -162,6 +165,9 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
+        latest = path.parent / "latest.pth"
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES and latest.is_file():  # another file of a run folder
+            raise InputError(f"checkpoint '{path}': {path.name} is not a checkpoint; did you mean {latest}?") from None
         raise InputError(_unreadable(path, exc)) from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise InputError(f"checkpoint '{path}': not a checkpoint of this project (no format_version)")

@@ -195,6 +195,12 @@ CATALOGUE = [
     Case("checkpoint-a-run-folder", "checkpoint", ("-r", "saved/Mnist_LeNet/done"),
          "checkpoint 'saved/Mnist_LeNet/done': a folder, not a checkpoint file; did you mean "
          "saved/Mnist_LeNet/done/latest.pth?\n"),
+    Case("checkpoint-a-run-folders-config", "checkpoint", ("-r", "saved/Mnist_LeNet/done/config.json"),
+         "checkpoint 'saved/Mnist_LeNet/done/config.json': config.json is not a checkpoint; did you mean "
+         "saved/Mnist_LeNet/done/latest.pth?\n"),
+    Case("test-checkpoint-a-run-folders-metrics", "checkpoint", ("-r", "saved/Mnist_LeNet/done/metrics.csv"),
+         "checkpoint 'saved/Mnist_LeNet/done/metrics.csv': metrics.csv is not a checkpoint; did you mean ",
+         script="test"),
     Case("checkpoint-truncated", "checkpoint", ("-r", "truncated.pth"),  # whole sentences, not cut mid-way
          "checkpoint 'truncated.pth': not a readable checkpoint: the file is cut short or damaged (PytorchStreamReader "
          "failed reading zip archive: failed finding central directory)\n"),
@@ -320,6 +326,8 @@ def make_workspace(root: Path, mnist_dir: Path, good: bytes, edits: dict[str, An
     (done / "latest.pth").write_bytes(good)
     torch.save({**torch.load(done / "latest.pth", weights_only=True), "run_uid": "0123456789abcdef"},
                done / "copied.pth")
+    (done / "config.json").write_text("{}\n")  # the run folder's other files, not checkpoints
+    (done / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
     (root / "scratch").mkdir()  # a folder of checkpoints, no run
     for name in ("a.pth", "b.pth"):
         (root / "scratch" / name).write_bytes(good)
