@@ -266,11 +266,25 @@ class BaseTrainer(CheckpointedRun):
     def _train_mode(self, epoch: int) -> None:
         """The model in training mode for `epoch`, its backbone frozen or not as
         `trainer.freeze_backbone_epochs` says (engine/backbone.py)."""
-        if self.backbone_freeze.set_epoch(epoch) and distributed.active():
-            # DDP reduces the gradients of the parameters that required them when it was built
-            self.model = self.stepper.model = wrap_model(self.raw_model, self.device, self.device_ids)
+        if self.backbone_freeze.set_epoch(epoch):
+            if self.is_main:
+                logger.info(self._freeze_words(epoch))
+            if distributed.active():  # DDP reduces the gradients of the parameters that required them when built
+                self.model = self.stepper.model = wrap_model(self.raw_model, self.device, self.device_ids)
         self.model.train()
         self.backbone_freeze.keep_statistics()
+
+    def _freeze_words(self, epoch: int) -> str:
+        """What the backbone does from `epoch` on, for the log."""
+        last = self.backbone_freeze.epochs
+        if not self.backbone_freeze.frozen:
+            return f"Epoch {epoch}: the backbone trains too from here on (trainer.freeze_backbone_epochs {last})"
+        words = (f"Epoch{'s' if last > epoch else ''} {epoch}{f'-{last}' if last > epoch else ''}: the backbone is "
+                 f"frozen, only the head trains (trainer.freeze_backbone_epochs {last})")
+        if getattr(self.raw_model, "weights", "") is None and not self.config.fine_tune:
+            words += ("; its weights are random (arch.args.weights is null), so the head learns on features that "
+                      "mean nothing: set trainer.freeze_backbone_epochs to 0 to train from scratch")
+        return words
 
     def _train_batch(self, batch: Batch, step: bool) -> None:
         with self.stepper.autocast():

@@ -101,7 +101,10 @@ def check_class_count(classes: Any, outputs: int) -> None:
     if outputs < len(classes):
         raise InputError(f"config: the data has {len(classes)} classes ({listed(classes)}) but the model outputs "
                          f"{outputs}; set 'arch.args.num_classes' to {len(classes)}")
-    if outputs > len(classes):
+    if len(classes) == 1:  # accuracy 1 and loss 0 from the first batch: the run looks perfect
+        logger.warning("The data has one class (%s): every sample has the same label, so there is nothing to "
+                       "learn; give the data a folder per class", classes[0])
+    elif outputs > len(classes):
         unused = (f"output {outputs - 1} is" if outputs - len(classes) == 1
                   else f"outputs {len(classes)} to {outputs - 1} are")
         logger.warning("The model outputs %d classes but the data has %d (%s): %s never a target; fine for a head "

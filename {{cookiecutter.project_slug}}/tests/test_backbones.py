@@ -176,6 +176,17 @@ def test_a_resume_and_test_py_need_no_weights_file(torch_home: Path, photos: Non
     assert test_script.main(["-r", str(run_dir / "latest.pth")]) == 0
 
 
+def test_the_log_says_when_the_backbone_is_frozen_and_when_its_weights_are_random(
+    photos: None, tmp_path: Path
+) -> None:
+    config = photo_config(tmp_path, epochs=2, freeze_backbone_epochs=1)
+    config["arch"]["args"]["weights"] = None  # a frozen backbone of random weights: said, not refused
+    log = (run(config, "random") / "train.log").read_text()
+    assert ("Epoch 1: the backbone is frozen, only the head trains (trainer.freeze_backbone_epochs 1); its weights "
+            "are random (arch.args.weights is null)") in log
+    assert "Epoch 2: the backbone trains too from here on (trainer.freeze_backbone_epochs 1)" in log
+
+
 @pytest.mark.parametrize("optimizer", [
     {"type": "AdamW", "args": {"lr": 0.01, "weight_decay": 0.1}},
     {"type": "SGD", "args": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1}},

@@ -23,7 +23,7 @@ import test as test_script
 import train
 from base import BaseDataLoader
 from data_loader import MnistDataLoader
-from engine.fit_check import check_model_fits_data
+from engine.fit_check import check_class_count, check_model_fits_data
 from model.loss import nll_loss
 from model.metric import accuracy, top_k_acc
 from model.model import MnistModel
@@ -247,3 +247,11 @@ def test_test_py_names_the_missing_training_argument(
     out, err = capsys.readouterr()
     assert status == 0, err
     assert "accuracy: " in out
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_data_of_one_class_is_said_to_teach_nothing(outputs: int, caplog: pytest.LogCaptureFixture) -> None:
+    check_class_count(["cat"], outputs)
+    assert [record.getMessage() for record in caplog.records] == [
+        "The data has one class (cat): every sample has the same label, so there is nothing to learn; give the "
+        "data a folder per class"]
