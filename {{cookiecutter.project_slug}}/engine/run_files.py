@@ -87,7 +87,7 @@ def record_end(run_dir: Path, how: str, status: int, epoch: int) -> None:
         entries = read_run_info(run_dir)
         if not entries or not isinstance(entries[-1], dict):
             return
-        at = datetime.now().astimezone().isoformat(timespec="seconds")
+        at = datetime.now().astimezone().isoformat(timespec="milliseconds")
         entries[-1]["ended"] = {"at": at, "outcome": how, "status": status, "epoch": epoch}
         _write_all(run_dir, {RUN_INFO: entries})
     except Exception as exc:  # noqa: BLE001  (the record must never change how the run ended)
@@ -129,7 +129,7 @@ def invocation(run_uid: str | None = None) -> dict[str, Any]:
     """How this process was started, as one `run_info.json` entry of the run `run_uid`."""
     return {
         "run_uid": run_uid,
-        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "started": datetime.now().astimezone().isoformat(timespec="milliseconds"),
         "argv": list(sys.argv),
         "cwd": os.getcwd(),
         "python": platform.python_version(),

@@ -41,7 +41,7 @@ def find_runs(paths: list[Path]) -> tuple[list[Path], set[Path]]:
         runs = sorted(child for child in path.iterdir() if is_run_folder(child))
         if not runs:
             raise InputError(f"'{path}': not a run folder (no config.json) and holds no run folders"
-                             + studies_hint(path))
+                             + (studies_hint(path) or experiments_hint(path)))
         found.extend(runs)
     unique = {folder.resolve(): folder for folder in reversed(found)}  # a run named twice counts once
     folders = [folder for folder in found if unique[folder.resolve()] is folder]
@@ -60,3 +60,14 @@ def studies_hint(folder: Path) -> str:
     if not studies:
         return ""
     return f"; it holds the studies {listed([s.name for s in studies])}: report one with python report.py {studies[0]}"
+
+
+def experiments_hint(folder: Path) -> str:
+    """For a message about `folder` (a save_dir, say): the folders in it that hold runs (one a
+    config `name`), and how to report one."""
+    holding = sorted(child for child in folder.iterdir() if child.is_dir()
+                     and any(is_run_folder(run) for run in child.iterdir()))
+    if not holding:
+        return ""
+    return (f"; its folders {listed([h.name for h in holding])} hold runs: report one with python report.py "
+            f"{holding[0]}")

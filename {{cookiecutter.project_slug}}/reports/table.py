@@ -151,7 +151,9 @@ def rows_of(runs: list[Run]) -> tuple[list[Row], list[str]]:
 
 
 def duration(seconds: float) -> str:
-    """`45s`, `3m05s`, `2h07m`."""
+    """`4.2s`, `45s`, `3m05s`, `2h07m`."""
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"

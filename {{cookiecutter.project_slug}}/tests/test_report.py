@@ -311,6 +311,8 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("no-such-folder", ["nope"], "'nope': no such run or folder"),
     ("a-file", ["config.json"], "'config.json': a file, not a run folder"),
     ("a-folder-without-runs", ["empty"], "'empty': not a run folder (no config.json) and holds no run folders"),
+    ("a-save-dir", ["outer"], "'outer': not a run folder (no config.json) and holds no run folders; its folders "
+     "Exp hold runs: report one with python report.py outer/Exp"),
     ("a-folder-of-broken-runs", ["broken"], "no run found can be read; the first: metrics file "
      "'broken/no-epoch/metrics.csv': no 'epoch' column"),
     ("metric-nobody-logged", ["good", "--plot", "val_los"], "--plot val_los: no run logged it; their metrics.csv "
@@ -342,6 +344,8 @@ def test_a_bad_input_is_one_line_status_2_and_writes_nothing(
     config = small_config(mnist_dir, Path("saved"))
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "empty").mkdir()
+    (tmp_path / "outer" / "Exp" / "run").mkdir(parents=True)  # a save_dir: <name>/<run id>/
+    (tmp_path / "outer" / "Exp" / "run" / "config.json").write_text("{}")
     for name in ("good", "no-epoch", "word", "folder-metrics", "broken-config", "broken-latest"):
         write_run(tmp_path / name, config)
     (tmp_path / "no-epoch" / "metrics.csv").write_text("Epoch,Loss\n1,0.5\n")
@@ -364,3 +368,10 @@ def test_a_bad_input_is_one_line_status_2_and_writes_nothing(
 def test_the_bad_input_catalogue_is_distinct() -> None:
     ids = [case[0] for case in BAD_INPUTS]
     assert len(ids) == len(set(ids)) >= 15
+
+
+def test_durations_are_shown_to_a_tenth_of_a_second_below_ten_seconds() -> None:
+    from reports.table import duration
+
+    assert [duration(s) for s in (0.04, 4.25, 9.96, 45.4, 185, 7620)] == ["0.0s", "4.2s", "10s", "45s", "3m05s",
+                                                                          "2h07m"]
