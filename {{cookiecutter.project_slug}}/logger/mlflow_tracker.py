@@ -69,10 +69,13 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(unquote(uri[len("sqlite:///"):].partition("?")[0]))
 
 
+OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")  # the OS's words inside MLflow's message
+
+
 def reason(exc: BaseException) -> str:
     """Why a store did not answer, short: the OS's words (`Connection refused`) where the
     message holds them (MLflow wraps them in a long text), else its first line."""
-    found = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    found = OS_ERROR.findall(str(exc))
     return found[-1].strip() if found else first_line(exc)[:300]
 
 
@@ -81,7 +84,7 @@ def answered(exc: BaseException) -> bool:
     rather than a store that could not be reached."""
     from mlflow.exceptions import MlflowException
 
-    return isinstance(exc, MlflowException) and not re.search(r"\[Errno -?\d+\]", str(exc))
+    return isinstance(exc, MlflowException) and not OS_ERROR.search(str(exc))
 
 
 def connect(options: dict[str, Any], save_dir: str, experiment: str) -> "MlflowTracker":
