@@ -195,7 +195,7 @@ class CheckpointedRun:
                     missing = MetricsCSV(csv_path, self.start_epoch).missing
                     if missing:
                         logger.warning("%s has no row for %s %s, which the checkpoint has trained; the run goes on "
-                                       "without them (their figures are lost)", csv_path,
+                                       "without them (metrics.csv and report.py will not show them)", csv_path,
                                        "epoch" if len(missing) == 1 else "epochs", epoch_ranges(missing))
                 outcome = ("made", str(self.config.make_run_dir()))
             except InputError as exc:
