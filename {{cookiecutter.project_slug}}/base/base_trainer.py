@@ -206,7 +206,9 @@ class BaseTrainer(CheckpointedRun):
 
     def _run_epoch(self, epoch: int, run_dir: Path) -> dict[str, float]:
         """Train and validate `epoch`; its row (`epoch`, metrics, `lr`), the scheduler stepped."""
-        lr = self.optimizer.param_groups[0]["lr"]
+        if self.progress.epoch_lr is None:  # a new epoch, not one resumed in its middle
+            self.progress.epoch_lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.progress.epoch_lr
         self.on_epoch_start(epoch)
         metrics = self._train_epoch(epoch)
         if metrics is not None and self.valid_data_loader is not None:

@@ -203,6 +203,7 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
         upgraded["preprocessing"] = _preprocessing_before_5(upgraded["config"])
     if upgraded["format_version"] < 6:
         upgraded["run_uid"] = None  # unknown: a resume judges it by its position alone, as before format 6
+    upgraded.setdefault("epoch_lr", None)  # an optional key of format 6: unknown, the epoch's row takes the lr now
     upgraded["format_version"] = FORMAT_VERSION
     return upgraded
 
@@ -244,7 +245,9 @@ class Progress:
     """Where a run is: `epoch` epochs finished and `batches_done` batches of the next one trained
     by each process (with `epoch_metrics`, their running sums), which are its first
     `samples_done` samples (None where the data loader cannot tell), `global_step` optimizer
-    steps in all, and the monitored metric's best value and epochs without improvement."""
+    steps in all, and the monitored metric's best value and epochs without improvement.
+    Inside an epoch, `epoch_lr` is the learning rate it began with (a per-step scheduler has
+    changed it since): the rate its row records."""
 
     epoch: int = 0
     batches_done: int = 0
@@ -253,6 +256,7 @@ class Progress:
     monitor_best: float | None = None
     not_improved_count: int = 0
     epoch_metrics: dict[str, Any] | None = None
+    epoch_lr: float | None = None  # inside an epoch: the learning rate it began with, its row's `lr`
 
 
 def training_state(progress: Progress, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

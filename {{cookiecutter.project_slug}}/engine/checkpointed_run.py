@@ -109,6 +109,7 @@ class CheckpointedRun:
         self.progress.monitor_best = self.monitor.best
         self.progress.not_improved_count = self.monitor.not_improved_count
         self.progress.epoch_metrics = self._epoch_metrics_state() if done else None
+        self.progress.epoch_lr = self.progress.epoch_lr if done else None
         state = training_state(self.progress, self.raw_model, self.optimizer, self.lr_scheduler,
                                self.stepper.scaler, self.config.config, self.data_loader, self.config.run_uid)
         failure = None

@@ -150,7 +150,8 @@ def test_ranks_a_checkpoint_did_not_have_get_random_states_of_their_own(monkeypa
     optimizer = torch.optim.SGD(MnistModel().parameters(), lr=0.1)
     checkpoint = {"optimizer": None, "lr_scheduler": None, "scaler": None, "data_loader_seed": None,
                   "rng": rng_state(), "rng_per_rank": None, "epoch": 1, "batches_done": 0, "samples_done": 0,
-                  "global_step": 0, "monitor_best": None, "not_improved_count": 0, "epoch_metrics": None}
+                  "global_step": 0, "monitor_best": None, "not_improved_count": 0, "epoch_metrics": None,
+                  "epoch_lr": None}
     draws = []
     for rank in (0, 1, 1, 2):  # a single-process checkpoint resumed on 3 processes
         monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)

@@ -56,22 +56,26 @@ def signal_after(monkeypatch: pytest.MonkeyPatch, method: str, calls: int, numbe
 
 
 @pytest.mark.parametrize(
-    ("method", "calls", "num_workers", "batches_done", "gpu"),
+    ("method", "calls", "num_workers", "batches_done", "gpu", "per_step"),
     [
-        ("train_step", 17, 0, 5, False),  # 12 batches per epoch: stops in epoch 2 after 5 of them
-        ("train_step", 17, 2, 5, False),  # the same with two worker processes
-        ("valid_step", 3, 0, 12, False),  # stops in epoch 2's validation: its training is done
+        ("train_step", 17, 0, 5, False, False),  # 12 batches per epoch: stops in epoch 2 after 5 of them
+        ("train_step", 17, 2, 5, False, False),  # the same with two worker processes
+        ("valid_step", 3, 0, 12, False, False),  # stops in epoch 2's validation: its training is done
+        # a scheduler stepped every optimizer step: the row's lr is still the one epoch 2 began with
+        ("train_step", 17, 0, 5, False, True),
         # on a GPU, with trainer.deterministic (and the data kept on the GPU)
-        pytest.param("train_step", 17, 0, 5, True, id="cuda-deterministic",
+        pytest.param("train_step", 17, 0, 5, True, False, id="cuda-deterministic",
                      marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
     ],
 )
 def test_a_signal_mid_epoch_saves_the_position_and_the_resume_is_bitwise(
     make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    method: str, calls: int, num_workers: int, batches_done: int, gpu: bool,
+    method: str, calls: int, num_workers: int, batches_done: int, gpu: bool, per_step: bool,
 ) -> None:
     config = make_config(trainer__epochs=3, n_gpu=int(gpu), trainer__deterministic=gpu)
     config["data_loader"]["args"]["num_workers"] = num_workers
+    if per_step:
+        config["lr_scheduler"] = {"type": "StepLR", "args": {"step_size": 2, "gamma": 0.5}, "interval": "step"}
     train.train(ConfigParser(json.loads(json.dumps(config)), run_id="straight"))
 
     with monkeypatch.context() as patch:
