@@ -24,7 +24,7 @@ from engine.device import on_device
 from engine.fit_check import class_changes, named_classes
 from engine.lr_schedule import check_step_budget
 from engine.metric_tracker import MetricTracker
-from engine.resume import apply_changes, capture_hyperparameters, check_resumable
+from engine.resume import apply_changes, capture_hyperparameters, check_resumable, has_ended
 from engine.signals import stop_request
 from logger.metrics_csv import MetricsCSV, epoch_ranges
 from utils.errors import DiskFull, InputError, TrainingDiverged, TrainingInterrupted, first_line
@@ -285,6 +285,11 @@ class CheckpointedRun:
             least = f", N at least {progress.epoch + 1}" if progress.batches_done else ""
             raise InputError(f"checkpoint '{path}': the run {where} trainer.epochs {self.epochs}; "
                              f"to train longer, resume with -o trainer.epochs=N{least}")
+        ended = has_ended(checkpoint, self.config.config)
+        if ended is not None:  # early stopping ended it: another epoch would end it again, at once
+            early_stop = self.config["trainer"]["early_stop"]
+            raise InputError(f"checkpoint '{path}': the run has finished: {ended}; to train longer, resume with "
+                             f"-o trainer.early_stop=N, N above {early_stop} (or 0: no early stopping)")
         self.progress, self.saved_epoch = progress, progress.epoch
         self.start_epoch, self.saved_world_size = progress.epoch + 1, checkpoint["world_size"]
         self.start_batch, self.start_samples = self._resume_position(progress, path)

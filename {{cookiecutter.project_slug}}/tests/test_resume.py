@@ -235,6 +235,16 @@ def test_resume_or_start_ends_at_once_after_an_early_stop(
     assert "has finished: it stopped early after epoch 2: trainer.early_stop is 1 and 'loss' last improved in " \
            "epoch 1; nothing to do" in capsys.readouterr().out
     assert files(folder) == before
+    # -r on it, even with more epochs, is one line: another epoch would only end it again (it used
+    # to train one more epoch on every call)
+    assert train.main(["-r", str(folder / "latest.pth"), "-o", "trainer.epochs=6"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: checkpoint '{folder / 'latest.pth'}': the run has finished: it stopped early after epoch 2: "
+        "trainer.early_stop is 1 and 'loss' last improved in epoch 1; to train longer, resume with "
+        "-o trainer.early_stop=N, N above 1 (or 0: no early stopping)\n")
+    assert files(folder) == before
+    assert train.main(["-r", str(folder / "latest.pth"), "-o", "trainer.early_stop=0"]) == 0
+    assert [row["epoch"] for row in metrics_rows(folder)] == ["1", "2", "3", "4", "5"]
 
 
 def test_resume_or_start_starts_again_in_a_folder_without_a_checkpoint(
