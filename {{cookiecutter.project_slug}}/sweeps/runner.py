@@ -21,11 +21,13 @@ from sweeps.study import (
     RETRY_OF,
     RUN_DIR,
     StudyError,
+    check_study_folder,
     duplicate_of,
     enqueue_missing_retries,
     finished_trials,
     open_storage,
     open_study,
+    record_study_storage,
     report_summary,
     storage_errors,
     storage_url,
@@ -104,7 +106,9 @@ class Sweep:
             raise
 
     def _lead(self, trials: int) -> dict[str, Any]:
+        check_study_folder(self.folder, self.url)
         study = open_study(self.spec, open_storage(self.url, self.spec.heartbeat_interval))
+        record_study_storage(self.folder, self.url)
         while finished_trials(study) < trials:
             if stop_request.signal_number is not None:
                 raise SweepStopped(stop_request.signal_number)

@@ -62,6 +62,35 @@ def storage_url(url: str | None, folder: Path) -> str:
     return url if url is not None else f"sqlite:///{(folder / 'study.db').resolve()}"
 
 
+STORAGE_FILE = "storage.json"  # in the study folder: the storage whose study its trials' folders belong to
+
+
+def check_study_folder(folder: Path, url: str) -> None:
+    """Refuse in one line, before anything is written, a study `folder` (the study's run folders
+    and summary) that belongs to the study of another storage than `url`'s: the two studies
+    would mix their trials' folders and overwrite each other's summary.json."""
+    default = storage_url(None, folder)
+    recorded = shown_url(default) if (folder / "study.db").is_file() else None  # its own database
+    for name in (STORAGE_FILE, "summary.json"):  # summary.json: a folder made before storage.json
+        if recorded:
+            break
+        try:
+            recorded = json.loads((folder / name).read_text()).get("storage")
+        except (OSError, ValueError, AttributeError):
+            continue
+    if recorded and recorded != shown_url(url):
+        other = "" if url == default else ", or leave out --storage"
+        raise InputError(f"study folder '{folder}' belongs to the study in {recorded}, not to the one in "
+                         f"{shown_url(url)}; give this sweep another study name (--study NAME){other}")
+
+
+def record_study_storage(folder: Path, url: str) -> None:
+    """Bind the study `folder` to the storage at `url` (once its study opened there)."""
+    if not (folder / STORAGE_FILE).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic((json.dumps({"storage": shown_url(url)}, indent=4) + "\n").encode(), folder / STORAGE_FILE)
+
+
 def shown_url(url: str) -> str:
     """The URL without its password, for messages and the summary."""
     try:

@@ -237,6 +237,33 @@ def test_a_space_that_changed_under_a_study_is_one_line_and_adds_no_trial(
     assert not list((tmp_path / "saved" / "Mnist_LeNet" / "s").glob("trial-*"))
 
 
+@pytest.mark.parametrize("binding", ["study.db", "storage.json"])
+def test_a_study_folder_of_another_storage_is_one_line_and_nothing_is_written(
+    binding: str, tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same study name in another database would put its trials' folders among this study's
+    and overwrite its summary.json: the folder is bound to its storage (the local study.db, or
+    storage.json, which the first sweep writes)."""
+    write_workspace(tmp_path, mnist_dir, GOOD)
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "saved" / "Mnist_LeNet" / "s"
+    if binding == "study.db":
+        study_with_a_trial(tmp_path, optuna.trial.TrialState.COMPLETE)
+        args, other, hint = ["--storage", f"sqlite:///{tmp_path / 'other.db'}"], tmp_path / "other.db", True
+    else:
+        folder.mkdir(parents=True)
+        (folder / "storage.json").write_text(json.dumps({"storage": "postgresql://me@db/studies"}))
+        args, other, hint = [], folder / "study.db", False
+    before = snapshot(tmp_path, mnist_dir)
+    status, _, err = run_sweep(["-c", "config.json", "-s", "sweep.json", "--trials", "1", *args], capsys)
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: study folder '{folder}' belongs to the study in "), err
+    assert "give this sweep another study name (--study NAME)" in err
+    assert ("or leave out --storage" in err) == hint
+    assert snapshot(tmp_path, mnist_dir) == before and not other.exists()
+
+
 def test_the_recorded_space_is_what_trials_record(tmp_path: Path, mnist_dir: Path) -> None:
     """The check compares `Param.distribution()` with what `Param.suggest` records: equal for
     every kind of parameter, or every study would be refused."""
