@@ -8,8 +8,10 @@ or metric and what it received."""
 import inspect
 import logging
 import random
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,18 +79,48 @@ def check_model_fits_data(
         largest = data_loader.max_label() if hasattr(data_loader, "max_label") else None
         loss = CheckedCall(criterion, "loss", largest)
         with probing(model):
-            output = model(batch[0]) if is_pair(batch) else None
+            with failing_on(batch, f"the model {type(model).__name__}"):
+                output = model(batch[0]) if is_pair(batch) else None
             if isinstance(output, torch.Tensor):
                 target = batch[1]
                 if output.dim() >= 2:  # named classes (image folders) against the outputs, before the labels
                     check_class_count(getattr(data_loader, "classes", None), output.size(1))
                 loss(output, target)
             elif valid_step is not None:
-                _, output, target = valid_step(batch, loss)
+                with failing_on(batch, "the trainer's valid_step"):
+                    _, output, target = valid_step(batch, loss)
             else:
                 return
             for fn in metric_fns:
                 CheckedCall(fn, "metric", largest)(output, target)
+
+
+@contextmanager
+def failing_on(batch: Any, what: str) -> Iterator[None]:
+    """Turn an exception in the block (the model, or a valid_step, on the first sample) into one
+    InputError line naming `what`, the sample and where in the project's code it failed."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        pair = is_pair(batch)
+        shown = f"data {describe(batch[0], True)}, target {describe(batch[1], True)}" if pair else describe(batch, True)
+        hint = "" if pair else ("; a batch that is not a (data, target) pair of tensors needs a train_step and "
+                                "valid_step of your own (docs/extending.md: Write your own trainer)")
+        raise InputError(f"{what} failed on the data's first sample ({shown}){in_project(exc)}: "
+                         f"{type(exc).__name__}: {first_line(exc)}{hint}") from None
+
+
+def in_project(exc: BaseException) -> str:
+    """` at model/model.py:42`: the innermost line of this project's code in `exc`'s traceback."""
+    root = Path(__file__).resolve().parents[1]
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if (path.is_relative_to(root) and path.parent != Path(__file__).resolve().parent  # not the engine's
+                and "site-packages" not in path.parts):
+            return f" at {path.relative_to(root)}:{frame.lineno}"
+    return ""
 
 
 def check_class_count(classes: Any, outputs: int) -> None:

@@ -3,6 +3,7 @@ names the loss or metric and what it received; what fits passes (count targets w
 regression loss, a structured output that the trainer unpacks); the check that finds out
 changes nothing about the run; test.py names what a user's loader lacks."""
 
+import inspect
 import json
 import random
 import re
@@ -255,3 +256,53 @@ def test_data_of_one_class_is_said_to_teach_nothing(outputs: int, caplog: pytest
     assert [record.getMessage() for record in caplog.records] == [
         "The data has one class (cat): every sample has the same label, so there is nothing to learn; give the "
         "data a folder per class"]
+
+
+class Refusing(nn.Module):
+    """A model with a bug of its own: what the check names is the line in the project's code."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError(f"cannot take {tuple(x.shape)}")
+
+
+class Records(Dataset):
+    """Samples as dicts, as many datasets of one's own have them."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": torch.zeros(3), "label": index % 2}
+
+
+def trainers_valid_step(model: nn.Module) -> Callable[[Any, Callable[..., torch.Tensor]], tuple[Any, Any, Any]]:
+    def valid_step(batch: Any, criterion: Callable[..., torch.Tensor]) -> tuple[Any, Any, Any]:
+        data, target = batch  # Trainer.valid_step's way
+        output = model(data)
+        return criterion(output, target), output, target
+
+    return valid_step
+
+
+def test_a_model_or_step_that_fails_on_the_first_sample_is_one_line_naming_where() -> None:
+    pairs = BaseDataLoader(TensorDataset(torch.rand(4, 3), torch.tensor([0, 1, 0, 1])), 2, False, 0.0, 0)
+    with pytest.raises(InputError) as wrong_size:
+        check_model_fits_data(nn.Linear(5, 2), pairs, nll_loss, [], CPU)
+    assert str(wrong_size.value).startswith(
+        "the model Linear failed on the data's first sample (data Tensor(1, 3) float32, target Tensor(1,) int64): "
+        "RuntimeError: mat1 and mat2 shapes cannot be multiplied")  # torch's own code: no line of the project named
+    with pytest.raises(InputError) as own_bug:
+        check_model_fits_data(Refusing(), pairs, nll_loss, [], CPU)
+    line = inspect.getsourcelines(Refusing.forward)[1] + 1
+    assert str(own_bug.value) == (
+        "the model Refusing failed on the data's first sample (data Tensor(1, 3) float32, target Tensor(1,) int64) "
+        f"at tests/test_fit_check.py:{line}: ValueError: cannot take (1, 3)")
+    records = BaseDataLoader(Records(), 2, False, 0.0, 0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.LogSoftmax(dim=1))
+    with pytest.raises(InputError) as dict_batch:
+        check_model_fits_data(model, records, nll_loss, [], CPU, trainers_valid_step(model))
+    message = str(dict_batch.value)
+    assert message.startswith("the trainer's valid_step failed on the data's first sample (dict of 2: image "
+                              "Tensor(1, 3) float32, label Tensor(1,) int64) at tests/test_fit_check.py:"), message
+    assert message.endswith("; a batch that is not a (data, target) pair of tensors needs a train_step and "
+                            "valid_step of your own (docs/extending.md: Write your own trainer)"), message
