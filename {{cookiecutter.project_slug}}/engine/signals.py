@@ -44,7 +44,8 @@ class StopRequest:
         if self.signal_number is None:
             self.signal_number = signal_number
         elif signal_number == signal.SIGINT:  # pressed twice: the user wants out now
-            end_now(exit_status.finish(128 + signal_number, ""))  # under launch.py: recorded
+            line = f"interrupted by signal {signal_number} twice; stopped at once, without saving its position"
+            end_now(exit_status.finish(128 + signal_number, line, show=os.environ.get("RANK", "0") == "0"))
         # a repeated SIGTERM is the same request: already being handled
 
     @contextmanager
