@@ -6,6 +6,7 @@ import importlib
 import inspect
 import json
 import pkgutil
+import re
 import shutil
 from collections.abc import Callable
 from datetime import datetime
@@ -19,7 +20,7 @@ from engine.checkpoint import forget_read_checkpoint, load_checkpoint
 from engine.resume import check_resumable, config_changes
 from engine.run_files import check_writable, new_run_uid, recorded_run_uid, save_run_files
 from engine.run_lock import RunLock
-from utils.errors import DiskFull, InputError
+from utils.errors import DiskFull, InputError, did_you_mean
 from utils.staged_files import full_disk_reported
 
 
@@ -230,7 +231,9 @@ class ConfigParser:
         try:
             inspect.signature(cls).bind(*args, **arguments)
         except TypeError as exc:
-            raise InputError(f"config: '{name}.args' do not fit {block['type']}: {exc}") from None
+            unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            hint = did_you_mean(unknown.group(1), list(inspect.signature(cls).parameters)) if unknown else ""
+            raise InputError(f"config: '{name}.args' do not fit {block['type']}: {exc}{hint}") from None
         except ValueError:  # no inspectable signature: let the call itself check
             pass
         try:
@@ -303,7 +306,7 @@ def lookup(module: ModuleType, name: str, key: str, base: type | tuple[type, ...
         valid = sorted(n for n in names if definitions(modules, n, fits))
         where = WHERE_NAMES_LIVE.get(module.__name__)
         raise InputError(f"config: '{key}' is '{name}', not one of {module.__name__}: {', '.join(valid)}"
-                         + (f"; {where}" if where else ""))
+                         + did_you_mean(name, valid) + (f"; {where}" if where else ""))
     if len(found) > 1:
         first, second = (source_file(value) for value in found[:2])
         raise InputError(f"config: '{key}' is '{name}', which is defined in both {first} and {second}; "

@@ -101,6 +101,7 @@ CATALOGUE = [
     c("arch-unknown", "'arch.type' is 'ResNet', not one of model.model: ", "lookup", arch__type="ResNet"),
     c("loss-import-attempt", "'loss' is 'os.system', not one of model.loss", "lookup", loss="os.system"),
     c("optimizer-unknown", "'optimizer.type' is 'Adamm', not one of torch.optim", "lookup", optimizer__type="Adamm"),
+    c("optimizer-unknown-suggested", ", SGD, SparseAdam; did you mean 'AdamW'?", "lookup", optimizer__type="adamw"),
     c("scheduler-abstract-base", "'lr_scheduler.type' is 'LRScheduler', not one of torch.optim.lr_scheduler",
       "lookup", lr_scheduler__type="LRScheduler"),
     c("metric-argument-unknown", "'metrics[1].args' do not fit top_k_acc: got an unexpected keyword argument 'kk'",
@@ -126,8 +127,10 @@ CATALOGUE = [
     # Class arguments
     c("arch-unexpected-argument", "'arch.args' do not fit MnistModel: got an unexpected keyword argument 'layers'",
       "arguments", arch__args={"layers": 3}),
-    c("optimizer-misspelt-argument", "'optimizer.args' do not fit Adam: got an unexpected keyword argument 'lrr'",
-      "arguments", optimizer__args__lrr=0.1),
+    c("optimizer-misspelt-argument", "'optimizer.args' do not fit Adam: got an unexpected keyword argument 'lrr'; "
+      "did you mean 'lr'?", "arguments", optimizer__args__lrr=0.1),
+    c("data-loader-misspelt-argument", "got an unexpected keyword argument 'batchsize'; did you mean 'batch_size'?",
+      "arguments", data_loader__args__batchsize=8),
     c("optimizer-argument-out-of-range", "'optimizer.args' rejected by Adam: Invalid beta parameter", "arguments",
       optimizer__args__betas=[2, 0.5]),
     c("scheduler-missing-argument", "'lr_scheduler.args' do not fit StepLR: missing a required argument: 'step_size'",

@@ -2,6 +2,8 @@
 gave us: 2; a stop on a signal: 128 + signal; a diverged loss: 3; a full disk: 4), and the one-line
 reason of any exception."""
 
+import difflib
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of `exc`'s message, or its class name when it has none: a reason that
@@ -16,6 +18,13 @@ def listed(names: list[str], limit: int | None = 10) -> str:
     if limit is None or len(names) <= limit:
         return ", ".join(names)
     return ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """`; did you mean 'AdamW'?` for the choice closest to `word` (case aside), or ""."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.75)
+    return f"; did you mean '{by_lower[close[0]]}'?" if close else ""
 
 
 class InputError(Exception):
