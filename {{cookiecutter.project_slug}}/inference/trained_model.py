@@ -60,8 +60,9 @@ def load_trained_model(config: ConfigParser, device: torch.device, tool: str) ->
     if checkpoint["preprocessing"] is None:
         raise InputError(
             f"checkpoint '{path}': records no preprocessing of its inputs (its data loader {loader_name} has no "
-            f"preprocessing(), or wrote the checkpoint before format 5), which {tool} needs; add preprocessing() "
-            f"to {loader_name} and train again ({USE_DOCS})"
+            f"preprocessing(), or wrote the checkpoint before format 5), which {tool} needs; for a model of "
+            f"images add preprocessing() to {loader_name} and train again; {tool} serves models of images only "
+            f"({USE_DOCS})"
         )
     model = config.init_obj("arch", module_arch, nn.Module)
     load_weights(model, checkpoint, config["arch"]["type"], path)
