@@ -88,7 +88,8 @@ class BaseTrainer(CheckpointedRun):
         self.saving = SaveSchedule(options["save_every_steps"], options["save_every_minutes"])
         self.agreement = AgreementSchedule()  # when DDP ranks agree on a stop
         self.stop_signal: int | None = None  # SIGINT/SIGTERM that stops training, agreed by every rank
-        self.stop_requested = False  # set by on_epoch_end (e.g. a pruned trial): stop after this epoch
+        # set by on_epoch_end (e.g. a pruned trial): stop after this epoch; a text is the reason logged
+        self.stop_requested: bool | str = False
         self.last_checkpoint: str | None = None  # what this run last wrote: the one to go back to
         self.saved_epoch = 0  # the last epoch whose end was saved (its row and checkpoints)
         self.resumed_with = ""  # the config changes a resume applied, for the log
@@ -116,7 +117,8 @@ class BaseTrainer(CheckpointedRun):
 
     def on_epoch_end(self, epoch: int, log: dict[str, float]) -> None:
         """Called with each finished epoch's row (`epoch`, metrics, `lr`), after it is written
-        and saved. Set `self.stop_requested = True` to end the run after this epoch."""
+        and saved. Set `self.stop_requested = True` (or to the reason, for the log) to end the run
+        after this epoch."""
 
     # ------------------------------------------------------------------ the run
     def connect_tracker(self) -> None:
@@ -198,7 +200,8 @@ class BaseTrainer(CheckpointedRun):
                             self.monitor.early_stop)
                 break
             if self.stop_requested:
-                logger.info("Stopping after epoch %d, as asked by on_epoch_end.", epoch)
+                why = self.stop_requested if isinstance(self.stop_requested, str) else "as on_epoch_end asked"
+                logger.info("Stopping after epoch %d: %s.", epoch, why)
                 break
             if epoch < self.epochs and self.poll(agree=True)[0]:
                 self._stop(run_dir / "latest.pth", f"at the end of epoch {epoch}")

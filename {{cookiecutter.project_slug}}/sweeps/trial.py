@@ -101,7 +101,8 @@ class TrialReporter:
             return epoch < self.trainer.epochs and trial.should_prune()
 
         if self._on_rank0(report):
-            self.pruned = self.trainer.stop_requested = True
+            self.pruned = True
+            self.trainer.stop_requested = "the study's pruner stopped this trial"
 
     def _on_rank0(self, call: Callable[[optuna.Trial], Any]) -> Any:
         """`call(trial)` on rank 0, its result on every rank; a database error there is raised on
