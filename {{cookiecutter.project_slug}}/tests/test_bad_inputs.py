@@ -127,6 +127,9 @@ CATALOGUE = [
     # Class arguments
     c("arch-unexpected-argument", "'arch.args' do not fit MnistModel: got an unexpected keyword argument 'layers'",
       "arguments", arch__args={"layers": 3}),
+    Case("optimizer-type-changed-alone", "arguments", ("-c", "config.json", "-o", "optimizer.type=SGD"),
+         "'optimizer.args' do not fit SGD: got an unexpected keyword argument 'amsgrad'; -o 'optimizer.args={...}' "
+         "gives the arguments whole, replacing the config's"),
     c("optimizer-misspelt-argument", "'optimizer.args' do not fit Adam: got an unexpected keyword argument 'lrr'; "
       "did you mean 'lr'?", "arguments", optimizer__args__lrr=0.1),
     c("data-loader-misspelt-argument", "got an unexpected keyword argument 'batchsize'; did you mean 'batch_size'?",
