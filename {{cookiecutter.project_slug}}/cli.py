@@ -188,10 +188,15 @@ def resume_or_start(args: argparse.Namespace, overrides: list[str]) -> ConfigPar
     parser = ConfigParser(config, resume_path=latest)
     checkpoint = load_checkpoint(latest)
     reason = has_ended(checkpoint, parser.config)
-    if reason is not None:
-        parser.finished = f"run directory '{run_dir}' has finished: {reason}; nothing to do"
-    else:
+    if reason is None:
         parser.check_resume(checkpoint)
+        return parser
+    parser.finished = f"run directory '{run_dir}' has finished: {reason}; nothing to do"
+    try:  # a job whose config changed since: said, as the run it would have continued is done anyway
+        parser.check_resume(checkpoint)
+    except InputError as exc:
+        what = str(exc).split(": ", 1)[-1].split(": ", 1)[0]  # its first clause, without the checkpoint's name
+        parser.finished += f" (this config could not have continued it: {what})"
     return parser
 
 

@@ -218,6 +218,11 @@ def test_resume_or_start_starts_resumes_and_then_ends_at_once_wherever_the_overr
                                        "2; nothing to do\n")
     assert files(tmp_path) == before
     assert not (tmp_path / "not-here").exists()
+    assert train.main([*job, "--bs", "16"]) == 0  # a job script whose config changed since: said
+    assert capsys.readouterr().out == (
+        f"run directory '{folder}' has finished: it reached epoch 2 of trainer.epochs 2; nothing to do (this config "
+        "could not have continued it: resuming cannot change 'data_loader.args.batch_size' (32 -> 16))\n")
+    assert files(tmp_path) == before
 
 
 def test_resume_or_start_ends_at_once_after_an_early_stop(
