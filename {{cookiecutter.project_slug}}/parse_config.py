@@ -234,7 +234,7 @@ class ConfigParser:
             unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
             hint = did_you_mean(unknown.group(1), list(inspect.signature(cls).parameters)) if unknown else ""
             if unknown and not hint:  # e.g. arguments of the class the config named before -o NAME.type=...
-                hint = f"; -o '{name}.args={{...}}' gives the arguments whole, replacing the config's"
+                hint = "; -o '" + name + ".args={...}' gives the arguments whole, replacing the config's"
             raise InputError(f"config: '{name}.args' do not fit {block['type']}: {exc}{hint}") from None
         except ValueError:  # no inspectable signature: let the call itself check
             pass
