@@ -68,7 +68,12 @@ STORAGE_FILE = "storage.json"  # in the study folder: the storage whose study it
 def check_study_folder(folder: Path, url: str) -> None:
     """Refuse in one line, before anything is written, a study `folder` (the study's run folders
     and summary) that belongs to the study of another storage than `url`'s: the two studies
-    would mix their trials' folders and overwrite each other's summary.json."""
+    would mix their trials' folders and overwrite each other's summary.json. A URL of no known
+    database is refused first, as opening it would."""
+    try:
+        make_url(url).get_dialect()
+    except (SQLAlchemyError, ValueError, ImportError) as exc:
+        raise InputError(f"--storage '{shown_url(url)}': cannot open it ({reasons(exc)})") from None
     default = storage_url(None, folder)
     recorded = shown_url(default) if (folder / "study.db").is_file() else None  # its own database
     for name in (STORAGE_FILE, "summary.json"):  # summary.json: a folder made before storage.json
