@@ -8,7 +8,6 @@ import contextlib
 import csv
 import io
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from engine import distributed
 from engine.signals import stop_signals_blocked
 from reports.plot import figure_bytes
 from utils.errors import InputError
-from utils.staged_files import StagedFiles, full_disk_reported
+from utils.staged_files import StagedFiles, full_disk_reported, write_refused
 
 FILES = ("per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "metrics.json")
 ANNOTATED_CLASSES = 30  # up to this many classes, every cell of the PNG shows its count
@@ -134,12 +133,13 @@ def check_report_folder(folder: Path) -> None:
     made = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        refused = write_refused(folder)
     except OSError as exc:
-        raise InputError(f"--report '{folder}': cannot write into it ({exc.strerror or exc})") from None
+        refused = exc
     finally:
         remove_folders(made)
+    if refused is not None:
+        raise InputError(f"--report '{folder}': cannot write into it ({refused.strerror or refused})")
 
 
 def remove_folders(folders: list[Path]) -> None:

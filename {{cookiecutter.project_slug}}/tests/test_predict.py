@@ -154,3 +154,15 @@ def test_a_bad_input_is_one_line_status_2_and_writes_nothing(
     assert status == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert files_under(tmp_path) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="Linux /proc")
+def test_an_output_folder_the_file_system_refuses_is_refused_before_any_work() -> None:
+    """/proc takes no new file from anyone; a check of the permission bits alone let root through
+    (and the file system refused the file only after the predictions were made)."""
+    from utils.errors import InputError
+    from utils.staged_files import check_writable_file
+
+    with pytest.raises(InputError) as refused:
+        check_writable_file(Path("/proc/p.csv"), "--out ")
+    assert str(refused.value).startswith("--out '/proc/p.csv': cannot write in the folder '/proc' (")

@@ -98,6 +98,18 @@ def check_writable_file(path: Path, label: str = "") -> None:
     folder = path.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{label}'{path}': cannot write in the folder '{folder}' (missing or not writable)")
+    refused = write_refused(folder)  # the permission bits let root through anywhere: ask the file system
+    if refused is not None:
+        raise InputError(f"{label}'{path}': cannot write in the folder '{folder}' ({refused.strerror or refused})")
+
+
+def write_refused(folder: Path) -> OSError | None:
+    """Why a file cannot be made in `folder` (a temporary one is made and removed), or None."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return exc
 
 
 def write_atomic(data: bytes, path: Path) -> None:
